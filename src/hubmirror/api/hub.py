@@ -1,0 +1,312 @@
+"""Hub-compatible read routes (HUB_PROTOCOL.md section 12), dispatched on the raw path."""
+
+from __future__ import annotations
+
+import base64
+import html
+import binascii
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from aiohttp import web
+
+from ..errors import InvalidInput, NotFound, Unauthorized
+from ..model.entries import Entry, hub_time
+from ..model.names import RepoType, validate_path
+from ..reader import LocalReader, Snapshot
+from .http import EXPOSE, base_url, content_disposition, guess_type, json_response, send_blob
+from .routing import Route, parse_api, parse_file
+
+TREE_PAGE = 1000
+TREE_PAGE_EXPANDED = 50
+COMMITS_PAGE = 50
+MAX_PATHS_INFO = 1000
+
+
+class HubApi:
+    def __init__(self, reader: LocalReader, *, public_url: str | None, trust_forwarded: bool) -> None:
+        self.reader = reader
+        self.public_url = public_url
+        self.trust_forwarded = trust_forwarded
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path.split("?", 1)[0]
+        segs = raw.split("/")[1:]
+        method = request.method
+        if segs and segs[0] == "api":
+            return await self._api(request, segs[1:], method)
+        if method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
+        if "resolve" in segs:
+            routes = parse_file(segs)
+            if routes:
+                route = await self._pick(routes)
+                return await self.resolve(request, route)
+        raise NotFound(f"no such route: {raw[:200]}")
+
+    async def _pick(self, routes: list[Route]) -> Route:
+        if len(routes) == 1:
+            return routes[0]
+        chosen = await self.reader.pick_route([r.repo for r in routes])
+        return next(r for r in routes if r.repo == chosen)
+
+    async def _api(self, request: web.Request, segs: list[str], method: str) -> web.StreamResponse:
+        if segs == ["whoami-v2"]:
+            return self.whoami(request)
+        if segs == ["agent-harnesses"]:
+            return json_response({"standardEnvVars": [], "harnesses": {}})
+        if len(segs) >= 2 and segs[0] in ("models", "datasets", "spaces"):
+            route = await self._pick(parse_api(segs[1:], RepoType.parse(segs[0])))
+            handler = {
+                ("GET", "info"): self.info,
+                ("HEAD", "info"): self.info,
+                ("GET", "tree"): self.tree,
+                ("POST", "paths-info"): self.paths_info,
+                ("GET", "refs"): self.refs,
+                ("GET", "commits"): self.commits,
+                ("GET", "auth-check"): self.auth_check,
+                ("GET", "xet-read-token"): self.xet_read_token,
+            }.get((method, route.kind))
+            if handler is None:
+                raise web.HTTPMethodNotAllowed(method, [])
+            return await handler(request, route)
+        raise NotFound(f"no such API route: /api/{'/'.join(segs)[:200]}")
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def resolve(self, request: web.Request, route: Route) -> web.StreamResponse:
+        assert route.revision is not None
+        hit = await self.reader.file(route.repo, route.revision, route.path)
+        e = hit.entry
+        assert e.sha256 is not None
+        etag = e.etag()
+        headers = {
+            "X-Repo-Commit": hit.commit,
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": guess_type(e.path),
+            "Content-Disposition": content_disposition(e.path),
+            "Access-Control-Expose-Headers": EXPOSE,
+            "Cache-Control": "public, max-age=31536000, immutable"
+            if route.revision == hit.commit
+            else "no-cache",
+        }
+        if e.lfs:
+            headers["X-Linked-Etag"] = f'"{e.sha256}"'
+            headers["X-Linked-Size"] = str(e.size)
+        return await send_blob(request, self.reader.store, e.sha256, e.size, headers, etag)
+
+    # -- repo info --------------------------------------------------------------------------
+
+    async def info(self, request: web.Request, route: Route) -> web.StreamResponse:
+        snap = await self.reader.snapshot(route.repo, route.revision or "main")
+        q = request.rel_url.query
+        expand = q.getall("expand", []) + q.getall("expand[]", [])
+        blobs = q.get("blobs", "").lower() in ("1", "true")
+        files = await self.reader.files(snap)
+        card = await self.reader.card(snap)
+        data = self._info_json(snap, files, card, blobs)
+        if expand:
+            keep = set(expand) | {"_id", "id"}
+            data = {k: v for k, v in data.items() if k in keep}
+        return json_response(data, headers={"X-Repo-Commit": snap.commit.sha})
+
+    def _info_json(self, snap: Snapshot, files: list[Entry], card: dict[str, Any] | None, blobs: bool) -> dict[str, Any]:
+        ref = snap.repo.ref
+        siblings: list[dict[str, Any]] = []
+        for f in files:
+            s: dict[str, Any] = {"rfilename": f.path}
+            if blobs:
+                s["size"] = f.size
+                s["blobId"] = f.oid
+                if f.lfs:
+                    s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
+            siblings.append(s)
+        card = card or {}
+        tags = card.get("tags") if isinstance(card.get("tags"), list) else []
+        data: dict[str, Any] = {
+            "_id": f"{snap.repo.pk:024x}",
+            "id": ref.repo_id,
+            "author": ref.repo_id.split("/")[0] if "/" in ref.repo_id else None,
+            "sha": snap.commit.sha,
+            "lastModified": hub_time(snap.commit.date),
+            "createdAt": hub_time(snap.repo.created_at),
+            "private": snap.repo.private,
+            "gated": snap.repo.gated or False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [str(t) for t in tags],
+            "cardData": card or None,
+            "siblings": siblings,
+            "usedStorage": sum(f.size for f in files),
+        }
+        if ref.repo_type is RepoType.MODEL:
+            data["modelId"] = ref.repo_id
+            for key in ("library_name", "pipeline_tag"):
+                if isinstance(card.get(key), str):
+                    data[key] = card[key]
+        if ref.repo_type is RepoType.SPACE and isinstance(card.get("sdk"), str):
+            data["sdk"] = card["sdk"]
+        return data
+
+    # -- listings ---------------------------------------------------------------------------
+
+    async def tree(self, request: web.Request, route: Route) -> web.StreamResponse:
+        assert route.revision is not None
+        q = request.rel_url.query
+        recursive = _flag(q.get("recursive"))
+        expand = _flag(q.get("expand"))
+        limit = TREE_PAGE_EXPANDED if expand else TREE_PAGE
+        if "limit" in q:
+            limit = max(1, min(limit, _int(q["limit"], "limit")))
+        after = _decode_cursor(q["cursor"]) if q.get("cursor") else None
+        snap = await self.reader.snapshot(route.repo, route.revision)
+        entries = await self.reader.tree(snap, route.path, recursive=recursive, after=after, limit=limit + 1)
+        headers = {"X-Repo-Commit": snap.commit.sha, "Access-Control-Expose-Headers": EXPOSE}
+        if len(entries) > limit:
+            entries = entries[:limit]
+            params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "cursor"]
+            params.append(("cursor", _encode_cursor(entries[-1].path)))
+            base = base_url(request, self.public_url, self.trust_forwarded)
+            raw_path = request.raw_path.split("?", 1)[0]
+            headers["Link"] = f'<{base}{raw_path}?{urlencode(params)}>; rel="next"'
+        return json_response(await self._entries_json(snap, entries, expand), headers=headers)
+
+    async def _entries_json(self, snap: Snapshot, entries: list[Entry], expand: bool) -> list[dict[str, Any]]:
+        if not expand:
+            return [e.to_hub() for e in entries]
+        commits = await self.reader.commit_infos(snap.repo, [e.last_commit for e in entries if e.last_commit])
+        out = []
+        for e in entries:
+            c = commits.get(e.last_commit or "")
+            last = {"id": c.sha, "title": c.title, "date": hub_time(c.date)} if c else None
+            out.append(e.to_hub(last))
+        return out
+
+    async def paths_info(self, request: web.Request, route: Route) -> web.StreamResponse:
+        assert route.revision is not None
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        body = await request.read()
+        paths: list[Any]
+        if ctype == "application/json":
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                raise InvalidInput(f"invalid JSON body: {e}") from e
+            if not isinstance(doc, dict) or not isinstance(doc.get("paths", []), list):
+                raise InvalidInput('invalid JSON body: expected {"paths": [...], "expand": bool}')
+            paths = doc.get("paths", [])
+            expand = bool(doc.get("expand", False))
+        else:
+            try:
+                form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            except UnicodeDecodeError as e:
+                raise InvalidInput("invalid form body: not UTF-8") from e
+            paths = [v for k, v in form if k == "paths"]
+            expand = any(k == "expand" and _flag(v) for k, v in form)
+        if len(paths) > MAX_PATHS_INFO:
+            raise InvalidInput(f"too many paths: {len(paths)} (at most {MAX_PATHS_INFO})")
+        clean: list[str] = []
+        for p in paths:
+            if not isinstance(p, str):
+                raise InvalidInput(f"invalid path {p!r}: not a string")
+            p = p.strip("/")
+            clean.append(validate_path(p))
+        snap = await self.reader.snapshot(route.repo, route.revision)
+        entries = await self.reader.paths_info(snap, clean)
+        return json_response(await self._entries_json(snap, entries, expand), headers={"X-Repo-Commit": snap.commit.sha})
+
+    async def refs(self, request: web.Request, route: Route) -> web.StreamResponse:
+        refs = await self.reader.refs(route.repo)
+        out: dict[str, list[dict[str, str]]] = {"branches": [], "converts": [], "tags": []}
+        include_prs = _flag(request.rel_url.query.get("include_prs"))
+        if include_prs:
+            out["pullRequests"] = []
+        for name, commit in sorted(refs.items()):
+            for prefix, key in (
+                ("refs/heads/", "branches"),
+                ("refs/tags/", "tags"),
+                ("refs/convert/", "converts"),
+                ("refs/pr/", "pullRequests"),
+            ):
+                if name.startswith(prefix) and key in out:
+                    out[key].append({"name": name[len(prefix) :], "ref": name, "targetCommit": commit})
+        return json_response(out)
+
+    async def commits(self, request: web.Request, route: Route) -> web.StreamResponse:
+        assert route.revision is not None
+        q = request.rel_url.query
+        page = _int(q.get("p", "0"), "p")
+        formatted = "formatted" in (q.getall("expand[]", []) + q.getall("expand", []))
+        snap = await self.reader.snapshot(route.repo, route.revision)
+        log = await self.reader.commits(snap)
+        chunk = log[page * COMMITS_PAGE : (page + 1) * COMMITS_PAGE]
+        items = []
+        for c in chunk:
+            d = c.to_hub()
+            if formatted:
+                d["formatted"] = {"title": _html(c.title), "message": _html(c.message)}
+            items.append(d)
+        headers = {"X-Total-Count": str(len(log)), "Access-Control-Expose-Headers": EXPOSE}
+        if (page + 1) * COMMITS_PAGE < len(log):
+            params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "p"]
+            params.append(("p", str(page + 1)))
+            base = base_url(request, self.public_url, self.trust_forwarded)
+            headers["Link"] = f'<{base}{request.raw_path.split("?", 1)[0]}?{urlencode(params)}>; rel="next"'
+        return json_response(items, headers=headers)
+
+    async def auth_check(self, request: web.Request, route: Route) -> web.StreamResponse:
+        await self.reader.refs(route.repo)  # RepoNotFound if absent
+        return json_response({})
+
+    async def xet_read_token(self, request: web.Request, route: Route) -> web.StreamResponse:
+        raise NotFound("this mirror does not serve Xet; download over HTTP (no Xet hints are advertised)")
+
+    def whoami(self, request: web.Request) -> web.StreamResponse:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            raise Unauthorized("Invalid credentials in Authorization header")
+        # Access control is not configured: every token is an anonymous reader.
+        return json_response(
+            {
+                "type": "user",
+                "id": "0" * 24,
+                "name": "anonymous",
+                "fullname": "anonymous (hubmirror has no access control configured)",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "hubmirror", "role": "read"}},
+            }
+        )
+
+
+def _flag(v: str | None) -> bool:
+    return (v or "").lower() in ("1", "true", "yes")
+
+
+def _int(v: str, name: str) -> int:
+    try:
+        n = int(v)
+    except ValueError as e:
+        raise InvalidInput(f"invalid {name} {v!r}: expected a non-negative integer") from e
+    if n < 0 or n > 10**9:
+        raise InvalidInput(f"invalid {name} {v!r}: expected a non-negative integer")
+    return n
+
+
+def _encode_cursor(path: str) -> str:
+    return base64.urlsafe_b64encode(path.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        raise InvalidInput(f"invalid cursor {cursor[:80]!r}") from e
+
+
+def _html(text: str) -> str:
+    return html.escape(text)
+

@@ -1,0 +1,75 @@
+"""Catalog tables (SQLAlchemy Core). The migrations under migrations/versions create them;
+change both together and add a new migration, never edit an applied one."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+repos = sa.Table(
+    "repos",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repo_type", sa.String(16), nullable=False),
+    sa.Column("repo_id", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("gated", sa.String(16), nullable=True),
+    sa.UniqueConstraint("repo_type", "repo_id", name="uq_repos_type_id"),
+)
+
+commits = sa.Table(
+    "commits",
+    metadata,
+    sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("sha", sa.String(40), primary_key=True),
+    sa.Column("parents", sa.Text, nullable=False, server_default=""),  # space-separated shas
+    sa.Column("tree", sa.String(40), nullable=True),
+    sa.Column("title", sa.Text, nullable=False, server_default=""),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("author", sa.String(200), nullable=False, server_default=""),
+    sa.Column("date", sa.DateTime, nullable=False),
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+)
+
+entries = sa.Table(
+    "entries",
+    metadata,
+    sa.Column("repo", sa.Integer, primary_key=True),
+    sa.Column("commit", sa.String(40), primary_key=True),
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("parent", sa.Text, nullable=False),
+    sa.Column("type", sa.String(9), nullable=False),  # file | directory
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("oid", sa.String(40), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("lfs", sa.Boolean, nullable=False),
+    sa.Column("pointer_size", sa.Integer, nullable=True),
+    sa.Column("last_commit", sa.String(40), nullable=True),
+    sa.ForeignKeyConstraint(["repo", "commit"], ["commits.repo", "commits.sha"], ondelete="CASCADE"),
+    sa.Index("ix_entries_parent", "repo", "commit", "parent", "path"),
+    sa.Index("ix_entries_sha256", "sha256"),
+)
+
+refs = sa.Table(
+    "refs",
+    metadata,
+    sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(300), primary_key=True),  # full name: refs/heads/main, refs/tags/v1, refs/pr/1
+    sa.Column("commit", sa.String(40), nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+ref_log = sa.Table(
+    "ref_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(300), nullable=False),
+    sa.Column("old_commit", sa.String(40), nullable=True),
+    sa.Column("new_commit", sa.String(40), nullable=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_ref_log_repo_name", "repo", "name", "id"),
+)

@@ -1,0 +1,94 @@
+"""Settings: defaults < config file (TOML) < HUBMIRROR_* environment < command-line flags.
+
+Loaded once by the entry point and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from .errors import ConfigError
+
+
+def _http_url(v: str | None, name: str) -> str | None:
+    if v is None or v == "":
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {v!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{name} must not carry a query, fragment or credentials: {v!r}")
+    return v.rstrip("/")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUBMIRROR_", extra="forbid", validate_default=True)
+
+    data: Path = Field(Path("hubmirror-data"), description="data directory: catalog, blobs, logs")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for every interface)")
+    port: int = Field(8090, ge=1, le=65535)
+    upstream: str = Field("https://huggingface.co", description="Hub-compatible upstream (or another hubmirror)")
+    upstream_token: SecretStr | None = Field(None, description="token sent to the upstream, never logged")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in the data dir")
+    public_url: str | None = Field(None, description="URL clients use to reach this server (for links)")
+    trust_forwarded_headers: bool = Field(True, description="use X-Forwarded-Proto/Host/Prefix for links")
+    log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        out = _http_url(v, "upstream")
+        if out is None:
+            raise ValueError("upstream must not be empty")
+        return out
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, v: str | None) -> str | None:
+        return _http_url(v, "public_url")
+
+    @property
+    def catalog_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data / 'catalog.sqlite3').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data / "blobs"
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings; `overrides` are command-line flags (None means "not given")."""
+    config_file = config_file or os.environ.get("HUBMIRROR_CONFIG")
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist or is not a file")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    try:
+        return _FromFile(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid configuration{where}: {msgs}") from None
+    except ValueError as e:  # TOML syntax errors
+        raise ConfigError(f"cannot read config file {path}: {e}") from None

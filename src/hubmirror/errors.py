@@ -1,0 +1,103 @@
+"""One error tree for the whole package.
+
+```
+HubMirrorError
+├── InvalidInput                 400  bad repo id, revision, path, header, body
+│   ├── InvalidRepoId
+│   ├── InvalidRevision
+│   └── InvalidPath
+├── NotFound                     404
+│   ├── RepoNotFound                  X-Error-Code: RepoNotFound
+│   ├── RevisionNotFound              X-Error-Code: RevisionNotFound
+│   └── EntryNotFound                 X-Error-Code: EntryNotFound (+ X-Repo-Commit)
+├── Conflict                     409  a ref moved under a concurrent writer
+├── Unauthorized                 401
+├── GatedRepo                    401/403 X-Error-Code: GatedRepo
+├── ConfigError                  bad settings file or environment
+└── StoreError                   the blob store refused or failed
+    ├── DigestMismatch                bytes did not hash to what was promised
+    └── SizeMismatch                  bytes were not as long as promised
+```
+
+The api layer turns each into the status, `X-Error-Code` and JSON body that
+huggingface_hub's `hf_raise_for_status` reads; the CLI prints the message.
+"""
+
+from __future__ import annotations
+
+
+class HubMirrorError(Exception):
+    status: int = 500
+    code: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(HubMirrorError):
+    status = 400
+    code = "InvalidInput"
+
+
+class InvalidRepoId(InvalidInput):
+    code = "InvalidRepoId"
+
+
+class InvalidRevision(InvalidInput):
+    code = "InvalidRevision"
+
+
+class InvalidPath(InvalidInput):
+    code = "InvalidPath"
+
+
+class NotFound(HubMirrorError):
+    status = 404
+
+
+class RepoNotFound(NotFound):
+    code = "RepoNotFound"
+
+
+class RevisionNotFound(NotFound):
+    code = "RevisionNotFound"
+
+
+class EntryNotFound(NotFound):
+    code = "EntryNotFound"
+
+    def __init__(self, message: str, commit: str | None = None) -> None:
+        super().__init__(message)
+        self.commit = commit
+
+
+class Conflict(HubMirrorError):
+    status = 409
+    code = "Conflict"
+
+
+class Unauthorized(HubMirrorError):
+    status = 401
+    code = "Unauthorized"
+
+
+class GatedRepo(HubMirrorError):
+    status = 403
+    code = "GatedRepo"
+
+
+class ConfigError(HubMirrorError):
+    pass
+
+
+class StoreError(HubMirrorError):
+    pass
+
+
+class DigestMismatch(StoreError):
+    pass
+
+
+class SizeMismatch(StoreError):
+    pass

@@ -1,0 +1,148 @@
+"""What the read API asks of the mirror, answered from the local catalog and store.
+
+The api layer talks only to a `Reader`. Pull-through (later) is another Reader that wraps
+this one and falls through to the upstream on a miss, so no route grows a proxy branch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .catalog import Catalog, RepoRow
+from .errors import EntryNotFound, RepoNotFound
+from .model.entries import Commit, Entry
+from .model.names import RepoRef
+from .store import BlobStore
+
+
+@dataclass(frozen=True, slots=True)
+class FileHit:
+    repo: RepoRow
+    commit: str
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    repo: RepoRow
+    commit: Commit
+
+
+class LocalReader:
+    def __init__(self, catalog: Catalog, store: BlobStore) -> None:
+        self.catalog = catalog
+        self.store = store
+
+    async def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return await asyncio.to_thread(functools.partial(fn, *args, **kw))
+
+    # -- synchronous core, one thread hop per request --------------------------------------
+
+    def _repo(self, ref: RepoRef) -> RepoRow:
+        row = self.catalog.get_repo(ref)
+        if row is None:
+            raise RepoNotFound(f"Repository not found: {ref}")
+        return row
+
+    def pick(self, candidates: list[RepoRef]) -> RepoRef:
+        """First candidate reading of a path whose repo exists, else the first one."""
+        for ref in candidates:
+            if self.catalog.get_repo(ref) is not None:
+                return ref
+        return candidates[0]
+
+    def _file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
+        repo = self._repo(ref)
+        commit = self.catalog.resolve(repo, revision)
+        entry = self.catalog.get_entry(repo, commit, path)
+        if entry is None or not entry.is_file:
+            raise EntryNotFound(f'{path} does not exist on "{revision}"', commit=commit)
+        return FileHit(repo, commit, entry)
+
+    def _snapshot(self, ref: RepoRef, revision: str) -> Snapshot:
+        repo = self._repo(ref)
+        sha = self.catalog.resolve(repo, revision)
+        commit = self.catalog.get_commit(repo, sha)
+        assert commit is not None
+        return Snapshot(repo, commit)
+
+    # -- async API -------------------------------------------------------------------------
+
+    async def pick_route(self, candidates: list[RepoRef]) -> RepoRef:
+        if len(candidates) == 1:
+            return candidates[0]
+        return await self._run(self.pick, candidates)  # type: ignore[no-any-return]
+
+    async def file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
+        return await self._run(self._file, ref, revision, path)  # type: ignore[no-any-return]
+
+    async def snapshot(self, ref: RepoRef, revision: str) -> Snapshot:
+        return await self._run(self._snapshot, ref, revision)  # type: ignore[no-any-return]
+
+    async def files(self, snap: Snapshot) -> list[Entry]:
+        return await self._run(  # type: ignore[no-any-return]
+            self.catalog.list_entries, snap.repo, snap.commit.sha, recursive=True, files_only=True
+        )
+
+    async def tree(
+        self, snap: Snapshot, path: str, *, recursive: bool, after: str | None, limit: int
+    ) -> list[Entry]:
+        def run() -> list[Entry]:
+            if path:
+                d = self.catalog.get_entry(snap.repo, snap.commit.sha, path)
+                if d is None or d.is_file:
+                    raise EntryNotFound(f'{path} does not exist on "{snap.commit.sha}"', commit=snap.commit.sha)
+            return self.catalog.list_entries(
+                snap.repo, snap.commit.sha, under=path, recursive=recursive, after=after, limit=limit
+            )
+
+        return await self._run(run)  # type: ignore[no-any-return]
+
+    async def paths_info(self, snap: Snapshot, paths: list[str]) -> list[Entry]:
+        return await self._run(self.catalog.get_entries, snap.repo, snap.commit.sha, paths)  # type: ignore[no-any-return]
+
+    async def commits(self, snap: Snapshot) -> list[Commit]:
+        return await self._run(self.catalog.log, snap.repo, snap.commit.sha)  # type: ignore[no-any-return]
+
+    async def commit_infos(self, repo: RepoRow, shas: list[str]) -> dict[str, Commit]:
+        return await self._run(self.catalog.commit_titles, repo, shas)  # type: ignore[no-any-return]
+
+    async def refs(self, ref: RepoRef) -> dict[str, str]:
+        def run() -> dict[str, str]:
+            return self.catalog.refs(self._repo(ref))
+
+        return await self._run(run)  # type: ignore[no-any-return]
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - keyed by content hash, bounded
+    def _card(self, sha256: str) -> dict[str, Any] | None:
+        data = b"".join(self.store.read(sha256, 0, 1 << 20))
+        return parse_card(data)
+
+    async def card(self, snap: Snapshot) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            e = self.catalog.get_entry(snap.repo, snap.commit.sha, "README.md")
+            if e is None or e.sha256 is None or self.store.stat(e.sha256) is None:
+                return None
+            return self._card(e.sha256)
+
+        return await self._run(run)  # type: ignore[no-any-return]
+
+
+def parse_card(data: bytes) -> dict[str, Any] | None:
+    """The YAML front matter of a README (model/dataset card metadata), if any."""
+    text = data.decode("utf-8", "replace")
+    if not text.startswith("---"):
+        return None
+    end = text.find("\n---", 3)
+    if end < 0:
+        return None
+    try:
+        meta = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        return None
+    return meta if isinstance(meta, dict) else None

@@ -1,0 +1,88 @@
+"""The blob store interface: a small key-and-bytes API keyed by sha256.
+
+Modelled on the Docker registry's storage driver: a handful of methods and a writer that
+ends in `commit` (verify and publish) or `cancel` (discard). Callers never see a path
+unless the driver offers one for zero-copy serving (`local_path`).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidInput
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_sha256(sha256: str) -> str:
+    if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+        raise InvalidInput(f"invalid sha256 {sha256!r}: expected 64 lowercase hex digits")
+    return sha256
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    sha256: str
+    size: int
+
+
+class BlobWriter(ABC):
+    """Bytes written here become visible only after a successful `commit`."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Bytes written so far."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def commit(self, sha256: str, size: int) -> BlobInfo:
+        """Check digest and size, make the bytes durable, publish under `sha256`.
+
+        Raises DigestMismatch or SizeMismatch (and discards the bytes) if they differ.
+        Publishing a blob that already exists is not an error: the store is content-addressed.
+        """
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Discard everything written. Safe to call twice or after commit (then a no-op)."""
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class BlobStore(ABC):
+    @abstractmethod
+    def stat(self, sha256: str) -> BlobInfo | None: ...
+
+    @abstractmethod
+    def read(self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield bytes [start, end) of a blob (end=None: to the end)."""
+
+    @abstractmethod
+    def writer(self) -> BlobWriter: ...
+
+    @abstractmethod
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob; True if it existed."""
+
+    @abstractmethod
+    def list(self) -> Iterator[str]:
+        """Every published sha256, in no particular order."""
+
+    def local_path(self, sha256: str) -> Path | None:
+        """A filesystem path to serve the blob zero-copy from, if the driver has one."""
+        return None
+
+    def sweep(self) -> int:
+        """Remove leftovers of interrupted writes; returns how many. Called at start."""
+        return 0

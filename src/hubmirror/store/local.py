@@ -1,0 +1,171 @@
+"""Blob store on a local filesystem.
+
+Layout under `root`:
+
+```
+root/
+├── sha256/ab/cd/abcd...ef      published blobs, read-only, named by their sha256
+└── tmp/<random>.partial         writes in progress (same filesystem, so publish is a rename)
+```
+
+A write goes to `tmp/`, is hashed as it is written, fsynced, checked against the expected
+sha256 and size, and only then renamed into `sha256/`. A crash leaves at most a `.partial`
+file, which `sweep()` removes at the next start. A blob is never visible half-written.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import DigestMismatch, SizeMismatch, StoreError
+from .base import BlobInfo, BlobStore, BlobWriter, check_sha256
+
+
+class _LocalWriter(BlobWriter):
+    def __init__(self, store: LocalBlobStore) -> None:
+        self._store = store
+        self._tmp = store.tmp_dir / f"{secrets.token_hex(12)}.partial"
+        self._fh = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/cancel
+        # Held until commit/cancel so that sweep() in another process leaves a live write alone.
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._done:
+            raise StoreError("write after commit or cancel")
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._fh.write(view)
+                view = view[n:]
+        except OSError as e:
+            self.cancel()
+            if e.errno == errno.ENOSPC:
+                raise StoreError("disk full while writing a blob") from e
+            raise StoreError(f"cannot write blob: {e}") from e
+        self._hash.update(data)
+        self._size += len(data)
+
+    def commit(self, sha256: str, size: int) -> BlobInfo:
+        check_sha256(sha256)
+        if self._done:
+            raise StoreError("commit after commit or cancel")
+        if self._size != size:
+            self.cancel()
+            raise SizeMismatch(f"blob {sha256}: expected {size} bytes, got {self._size}")
+        actual = self._hash.hexdigest()
+        if actual != sha256:
+            self.cancel()
+            raise DigestMismatch(f"blob {sha256}: content hashes to {actual}")
+        try:
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            final = self._store._path(sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(self._tmp, 0o444)
+            os.replace(self._tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            self.cancel()
+            raise StoreError(f"cannot publish blob {sha256}: {e}") from e
+        self._done = True
+        return BlobInfo(sha256, size)
+
+    def cancel(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._fh.close()
+        finally:
+            try:
+                self._tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBlobStore(BlobStore):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "sha256"
+        self.tmp_dir = self.root / "tmp"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+
+    def stat(self, sha256: str) -> BlobInfo | None:
+        try:
+            st = self._path(sha256).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(sha256, st.st_size)
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        path = self._path(sha256)
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(start)
+            remaining = None if end is None else max(0, end - start)
+            while remaining is None or remaining > 0:
+                n = chunk_size if remaining is None else min(chunk_size, remaining)
+                data = fh.read(n)
+                if not data:
+                    return
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+
+    def writer(self) -> BlobWriter:
+        return _LocalWriter(self)
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            self._path(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def list(self) -> Iterator[str]:
+        for dirpath, _dirs, files in os.walk(self.blob_dir):
+            for f in files:
+                if len(f) == 64:
+                    yield f
+
+    def local_path(self, sha256: str) -> Path | None:
+        return self._path(sha256)
+
+    def sweep(self) -> int:
+        n = 0
+        for p in self.tmp_dir.iterdir():
+            try:
+                with open(p, "rb") as fh:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    p.unlink()
+                    n += 1
+            except BlockingIOError:
+                continue  # a writer in another process is still at work
+            except FileNotFoundError:
+                pass
+        return n

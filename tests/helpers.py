@@ -1,0 +1,117 @@
+"""Test helpers: free ports, a hubmirror server in a subprocess, real clients in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+class Server:
+    """`hubmirror serve` as a real process on a free port."""
+
+    def __init__(self, data: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data.parent / f"server-{self.port}.log"
+        cmd = [sys.executable, "-m", "hubmirror.cli", "serve", "--data", str(data), "--port", str(self.port), *args]
+        self._fh = open(self.log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        try:
+            wait_http(self.url + "/health", proc=self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+def run_client(
+    code: str, endpoint: str, hf_home: Path, *, xet: bool = True, env: dict[str, str] | None = None, timeout: int = 300
+) -> Any:
+    """Run `code` with the real client libraries in a fresh interpreter pointed at `endpoint`.
+
+    The snippet reports by calling `out(value)`; its JSON comes back. Exceptions come back as
+    {"error": class name, "message": str}.
+    """
+    prelude = textwrap.dedent(
+        """
+        import json, sys, traceback
+        def out(v):
+            print("@@RESULT@@" + json.dumps(v, default=str))
+        try:
+        """
+    )
+    body = textwrap.indent(textwrap.dedent(code), "    ")
+    epilogue = textwrap.dedent(
+        """
+        except Exception as e:
+            traceback.print_exc()
+            out({"error": type(e).__name__, "message": str(e), "mro": [c.__name__ for c in type(e).__mro__]})
+        """
+    )
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))
+    }
+    full_env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_UPDATE_DOWNLOAD_COUNTS="0",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    if not xet:
+        full_env["HF_HUB_DISABLE_XET"] = "1"
+    full_env.update(env or {})
+    p = subprocess.run(
+        [sys.executable, "-c", prelude + body + epilogue],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=str(hf_home.parent),
+    )
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@") :])
+    raise AssertionError(f"client produced no result (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
