@@ -115,3 +115,37 @@ def run_client(
         if line.startswith("@@RESULT@@"):
             return json.loads(line[len("@@RESULT@@") :])
     raise AssertionError(f"client produced no result (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Reply {self.status} {self.headers.get('x-error-code')} {self.body[:200]!r}>"
+
+
+def raw(url: str, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None) -> Reply:
+    """Send `path` exactly as given (no client-side normalisation or quoting)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        data = r.read()
+        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    finally:
+        conn.close()

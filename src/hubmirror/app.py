@@ -102,7 +102,7 @@ def build_app(services: Services) -> web.Application:
     app["services"] = services
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_view)
-    app.router.add_route("*", "/{tail:.*}", api.dispatch)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", api.dispatch)
 
     async def close(_app: web.Application) -> None:
         services.catalog.close()

@@ -203,7 +203,7 @@ class HubApi:
             expand = bool(doc.get("expand", False))
         else:
             try:
-                form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+                form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
             except UnicodeDecodeError as e:
                 raise InvalidInput("invalid form body: not UTF-8") from e
             paths = [v for k, v in form if k == "paths"]
@@ -214,7 +214,6 @@ class HubApi:
         for p in paths:
             if not isinstance(p, str):
                 raise InvalidInput(f"invalid path {p!r}: not a string")
-            p = p.strip("/")
             clean.append(validate_path(p))
         snap = await self.reader.snapshot(route.repo, route.revision)
         entries = await self.reader.paths_info(snap, clean)
