@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +35,50 @@ class Snapshot:
     commit: Commit
 
 
+REF_TTL = 1.0  # seconds a branch/tag lookup is reused; commits and their entries are immutable
+
+
 class LocalReader:
     def __init__(self, catalog: Catalog, store: BlobStore) -> None:
         self.catalog = catalog
         self.store = store
+        # Hot-path caches so that a HEAD of a cached file needs no database round trip:
+        # repos (created, never changed here), revision -> commit for REF_TTL (another process
+        # may move a branch), and (commit, path) -> entry forever (a commit never changes).
+        self._repos: dict[RepoRef, RepoRow] = {}
+        self._revs: dict[tuple[int, str], tuple[str, float]] = {}
+        self._entries: OrderedDict[tuple[int, str, str], Entry] = OrderedDict()
+
+    def forget(self, ref: RepoRef | None = None) -> None:
+        """Drop cached lookups (after this process moved refs or removed a repo)."""
+        if ref is None:
+            self._repos.clear()
+        else:
+            self._repos.pop(ref, None)
+        self._revs.clear()
+        self._entries.clear()
+
+    def _cached_file(self, ref: RepoRef, revision: str, path: str) -> FileHit | None:
+        repo = self._repos.get(ref)
+        if repo is None:
+            return None
+        rev = self._revs.get((repo.pk, revision))
+        if rev is None or rev[1] < time.monotonic():
+            return None
+        entry = self._entries.get((repo.pk, rev[0], path))
+        if entry is None:
+            return None
+        return FileHit(repo, rev[0], entry)
+
+    def _remember(self, hit: FileHit, revision: str) -> None:
+        self._repos[hit.repo.ref] = hit.repo
+        ttl = float("inf") if revision == hit.commit else REF_TTL
+        self._revs[(hit.repo.pk, revision)] = (hit.commit, time.monotonic() + ttl)
+        if len(self._revs) > 100_000:
+            self._revs.clear()
+        self._entries[(hit.repo.pk, hit.commit, hit.entry.path)] = hit.entry
+        if len(self._entries) > 200_000:
+            self._entries.popitem(last=False)
 
     async def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await asyncio.to_thread(functools.partial(fn, *args, **kw))
@@ -79,7 +121,11 @@ class LocalReader:
         return await self._run(self.pick, candidates)  # type: ignore[no-any-return]
 
     async def file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
-        return await self._run(self._file, ref, revision, path)  # type: ignore[no-any-return]
+        hit = self._cached_file(ref, revision, path)
+        if hit is None:
+            hit = await self._run(self._file, ref, revision, path)
+            self._remember(hit, revision)
+        return hit
 
     async def snapshot(self, ref: RepoRef, revision: str) -> Snapshot:
         return await self._run(self._snapshot, ref, revision)  # type: ignore[no-any-return]

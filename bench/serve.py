@@ -1,0 +1,92 @@
+"""Serving a cached file: hubmirror vs nginx (sendfile) on the same bytes, in one run.
+
+Prints throughput for one stream and for 16 parallel clients, the ratio hubmirror/nginx
+(goal >= 0.9), and HEAD /resolve latency p50/p99 and requests per second for a cached file
+(vs a HEAD of the static file on nginx). Not a pass/fail test: this machine is shared and
+absolute numbers vary by +-30%; compare the ratios.
+
+    ./dev bench serve [--size-mib 1024] [--nginx-workers auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import Nginx, Server, best_throughput, fmt_rate, head_latencies, head_rps, pct
+
+from hubmirror.catalog import Catalog
+from hubmirror.ingest import import_folder
+from hubmirror.model.names import RepoRef, RepoType
+from hubmirror.store import LocalBlobStore
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--nginx-workers", default="auto")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        src = tmp / "src"
+        src.mkdir()
+        big = src / "model.safetensors"
+        print(f"writing a {args.size_mib} MiB file ...", file=sys.stderr)
+        with open(big, "wb") as fh:
+            for _ in range(args.size_mib):
+                fh.write(os.urandom(1 << 20))
+        data = tmp / "data"
+        data.mkdir()
+        catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
+        catalog.migrate()
+        store = LocalBlobStore(data / "blobs")
+        import_folder(catalog, store, RepoRef(RepoType.MODEL, "bench/big"), src)
+        catalog.close()
+        sha = hashlib.sha256()
+        with open(big, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                sha.update(chunk)
+        blob = store.local_path(sha.hexdigest())
+        assert blob is not None and blob.exists()
+        www = tmp / "www"
+        www.mkdir()
+        os.link(blob, www / "model.safetensors")  # nginx serves the very same inode
+        big.unlink()
+
+        hm = Server(data)
+        ng = Nginx(www, args.nginx_workers)
+        try:
+            hm_url = f"{hm.url}/bench/big/resolve/main/model.safetensors"
+            ng_url = f"{ng.url}/model.safetensors"
+            best_throughput(hm_url, 1, 1)  # warm the page cache
+            print(f"\nserving a cached {args.size_mib} MiB file over loopback (best of 3)")
+            print(f"{'':24}{'hubmirror':>14}{'nginx':>14}{'ratio':>8}")
+            for clients in (1, 16):
+                h = best_throughput(hm_url, clients)
+                n = best_throughput(ng_url, clients)
+                label = "single stream" if clients == 1 else f"{clients} clients"
+                print(f"{label:24}{fmt_rate(h):>14}{fmt_rate(n):>14}{h / n:>8.2f}")
+            lat_h = head_latencies(hm_url)
+            lat_n = head_latencies(ng_url)
+            print(f"\nHEAD latency, one keep-alive connection ({len(lat_h)} requests)")
+            print(f"{'':24}{'hubmirror':>14}{'nginx':>14}")
+            for p in (50, 99):
+                print(f"{'p' + str(p):24}{pct(lat_h, p) * 1e3:>11.2f} ms{pct(lat_n, p) * 1e3:>11.2f} ms")
+            rps_h = head_rps(hm_url)
+            rps_n = head_rps(ng_url)
+            print(f"{'HEAD req/s (16 conns)':24}{rps_h:>14.0f}{rps_n:>14.0f}{rps_h / rps_n:>8.2f}")
+        finally:
+            hm.stop()
+            ng.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
