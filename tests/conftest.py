@@ -109,6 +109,9 @@ def build_fixture(base: Path) -> Fixture:
     fx.commits["pq"] = imp("acme/pq", {"README.md": b"# pq\n", "data/train-00000-of-00001.parquet": pq_path.read_bytes()},
                            repo_type=RepoType.DATASET)
 
+    fx.commits["space"] = imp("acme/demo", {"README.md": b"---\nsdk: gradio\n---\n# demo\n", "app.py": b"print(1)\n"},
+                              repo_type=RepoType.SPACE)
+
     minilm = minilm_folder()
     res = import_folder(catalog, store, RepoRef(RepoType.MODEL, "sentence-transformers/all-MiniLM-L6-v2"), minilm)
     fx.commits["minilm"] = res.commit

@@ -203,3 +203,10 @@ def test_operational_endpoints(server: Server, path: str) -> None:
     assert r.status == 200
     if path == "/metrics":
         assert b"hubmirror_http_requests_total" in r.body
+
+
+def test_spaces(server: Server, fixture_data: Fixture) -> None:
+    info = raw(server.url, "GET", "/api/spaces/acme/demo")
+    assert info.json()["sha"] == fixture_data.commits["space"] and info.json()["sdk"] == "gradio"
+    assert raw(server.url, "GET", "/spaces/acme/demo/resolve/main/app.py").body == b"print(1)\n"
+    assert raw(server.url, "GET", "/acme/demo/resolve/main/app.py").headers["x-error-code"] == "RepoNotFound"

@@ -20,6 +20,17 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     return load_settings(ctx.obj.get("config"), **overrides)
 
 
+def _config_option(f: Any) -> Any:
+    """`--config FILE` is accepted before or after the subcommand."""
+
+    def set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.ensure_object(dict)["config"] = value
+
+    return click.option("--config", type=click.Path(dir_okay=False), expose_value=False, callback=set_config,
+                        is_eager=True, help="TOML config file (also HUBMIRROR_CONFIG).")(f)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -45,6 +56,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
 
 
 @cli.command()
+@_config_option
 @click.option("--host", help="Address to listen on [default 127.0.0.1; HUBMIRROR_HOST].")
 @click.option("--port", type=int, help="Port [default 8090; HUBMIRROR_PORT].")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
@@ -71,6 +83,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
 
 
 @cli.command("import")
+@_config_option
 @click.argument("repo_id")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
@@ -109,6 +122,7 @@ def import_(ctx: click.Context, repo_id: str, folder: Path, repo_type: str, revi
 
 
 @cli.command()
+@_config_option
 @click.argument("repo_id")
 @click.argument("tag")
 @click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
