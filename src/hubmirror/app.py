@@ -15,7 +15,10 @@ from .api.hub import HubApi
 from .catalog import Catalog
 from .config import Settings
 from .errors import ConfigError, HubMirrorError
+from .api.mirror import MirrorApi
 from .reader import LocalReader
+from .sync.engine import Syncer
+from .sync.service import MirrorService
 from .store import LocalBlobStore
 
 log = logging.getLogger("hubmirror")
@@ -69,7 +72,15 @@ class Metrics:
 def build_app(services: Services) -> web.Application:
     s = services.settings
     reader = LocalReader(services.catalog, services.store)
-    api = HubApi(reader, public_url=s.public_url, trust_forwarded=s.trust_forwarded_headers)
+    client = s.hub_client()
+    syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel,
+                    on_published=reader.forget)
+    mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,
+                            tick=s.scheduler_tick, on_change=reader.forget)
+    mirrors.load_config(s.mirrors)
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    api = HubApi(reader, public_url=s.public_url, trust_forwarded=s.trust_forwarded_headers,
+                 mirror_api=MirrorApi(mirrors, secret))
     metrics = Metrics()
 
     @web.middleware
@@ -104,8 +115,14 @@ def build_app(services: Services) -> web.Application:
     app.router.add_get("/metrics", metrics_view)
     app.router.add_route("*", r"/{tail:[\s\S]*}", api.dispatch)
 
+    async def start(_app: web.Application) -> None:
+        mirrors.start()
+
     async def close(_app: web.Application) -> None:
+        await mirrors.stop()
+        await client.close()
         services.catalog.close()
 
+    app.on_startup.append(start)
     app.on_cleanup.append(close)
     return app

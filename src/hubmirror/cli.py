@@ -146,6 +146,237 @@ def tag(ctx: click.Context, repo_id: str, tag: str, repo_type: str, revision: st
     click.echo(f"{ref}: tag {tag} -> {commit}")
 
 
+class _TqdmProgress:
+    def __init__(self, desc: str, disable: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=disable, total=0)
+        self.files = 0
+        self.total_files = 0
+
+    def plan(self, files: int, total_bytes: int) -> None:
+        self.total_files += files
+        self.bar.total = (self.bar.total or 0) + total_bytes
+        self.bar.set_postfix_str(f"files {self.files}/{self.total_files}")
+        self.bar.refresh()
+
+    def advance(self, nbytes: int) -> None:
+        self.bar.update(nbytes)
+
+    def file_done(self, path: str) -> None:
+        self.files += 1
+        self.bar.set_postfix_str(f"files {self.files}/{self.total_files}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _mirror_spec(repo_id: str, repo_type: str, revisions: tuple[str, ...], include: tuple[str, ...],
+                 exclude: tuple[str, ...], **extra: Any) -> Any:
+    from pydantic import ValidationError
+
+    from .errors import InvalidInput
+    from .model.mirror import MirrorSpec
+
+    try:
+        return MirrorSpec(repo=repo_id, type=repo_type, revisions=list(revisions) or ["main"],
+                          include=list(include), exclude=list(exclude), **extra)
+    except ValidationError as e:
+        raise InvalidInput("; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+                                     for err in e.errors())) from None
+
+
+@cli.command()
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default=None, help="[default: model, or the declared mirror's]")
+@click.option("--revision", "revisions", multiple=True, help="Branch, tag, glob over them (v*) or commit; repeatable.")
+@click.option("--include", multiple=True, help="Only files matching this glob; repeatable.")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob; repeatable.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--upstream", help="Upstream Hub URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (no progress bars).")
+@click.pass_context
+def sync(ctx: click.Context, repo_id: str, repo_type: str | None, revisions: tuple[str, ...],
+         include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, upstream: str | None,
+         as_json: bool) -> None:
+    """Mirror REPO_ID from the upstream: fetch only missing files, verify, switch atomically.
+
+    Without --revision/--include/--exclude, a declared mirror's settings are used.
+    Exit 0 when every requested revision is mirrored (synced now or already up to date).
+    """
+    import asyncio
+
+    from .app import open_services
+    from .model.names import RepoRef, RepoType
+    from .sync.engine import Syncer
+
+    s = _settings(ctx, data=data, upstream=upstream)
+    services = open_services(s)
+    declared = services.catalog.get_mirror(RepoRef.parse(repo_id, repo_type or "model"))
+    if declared is None and repo_type is None:
+        declared = next((m for m in services.catalog.list_mirrors() if m.spec.repo == repo_id), None)
+    if declared is not None and not (revisions or include or exclude):
+        spec = declared.spec
+    else:
+        spec = _mirror_spec(repo_id, repo_type or (declared.spec.type.value if declared else "model"),
+                            revisions, include, exclude)
+    progress = _TqdmProgress(f"sync {RepoRef(RepoType(spec.type), spec.repo)}", as_json or not sys.stderr.isatty())
+
+    async def run() -> Any:
+        async with s.hub_client() as client:
+            syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel)
+            try:
+                return await syncer.sync(spec, trigger="cli", progress=progress)
+            finally:
+                progress.close()
+
+    try:
+        result = asyncio.run(run())
+    except HubMirrorError as e:
+        if as_json:
+            click.echo(json.dumps({"repo_id": spec.repo, "repo_type": spec.type.value, "status": "failed",
+                                   "error": e.message}))
+            sys.exit(1)
+        raise
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    for r in result.revisions:
+        click.echo(f"{spec.ref}@{r.revision}: {r.commit} ({r.status})")
+    click.echo(f"fetched {result.files_fetched} files ({result.bytes_fetched} bytes), reused {result.files_reused} "
+               f"files ({result.bytes_reused} bytes), {result.upstream_calls} upstream calls")
+
+
+@cli.group()
+def mirror() -> None:
+    """Declare repos the server keeps in sync (stored in the catalog; [[mirrors]] in the config file too)."""
+
+
+@mirror.command("add")
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--revision", "revisions", multiple=True, help="Branch, tag or glob (v*); repeatable [default: main].")
+@click.option("--include", multiple=True, help="Only files matching this glob; repeatable.")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob; repeatable.")
+@click.option("--schedule", default="1h", show_default=True, help="Interval (30m, 6h, 1d) or cron expression.")
+@click.option("--disabled", is_flag=True, help="Declare it but do not sync it yet.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.pass_context
+def mirror_add(ctx: click.Context, repo_id: str, repo_type: str, revisions: tuple[str, ...], include: tuple[str, ...],
+               exclude: tuple[str, ...], schedule: str, disabled: bool, data: Path | None) -> None:
+    """Declare (or update) a mirror of REPO_ID."""
+    from .app import open_services
+
+    spec = _mirror_spec(repo_id, repo_type, revisions, include, exclude, schedule=schedule, enabled=not disabled)
+    services = open_services(_settings(ctx, data=data))
+    existing = services.catalog.get_mirror(spec.ref)
+    if existing is not None and existing.source == "config":
+        raise HubMirrorError(f"{spec.ref} is declared in the config file; change it there")
+    services.catalog.upsert_mirror(spec, "cli")
+    click.echo(f"mirror {spec.ref}: revisions {', '.join(spec.revisions)}, schedule {spec.schedule}"
+               f"{'' if spec.enabled else ' (disabled)'}")
+
+
+@mirror.command("remove")
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.pass_context
+def mirror_remove(ctx: click.Context, repo_id: str, repo_type: str, data: Path | None) -> None:
+    """Stop following REPO_ID. What was mirrored stays served."""
+    from .app import open_services
+    from .errors import NotFound
+    from .model.names import RepoRef
+
+    ref = RepoRef.parse(repo_id, repo_type)
+    services = open_services(_settings(ctx, data=data))
+    existing = services.catalog.get_mirror(ref)
+    if existing is None:
+        raise NotFound(f"{ref} is not a declared mirror")
+    if existing.source == "config":
+        raise HubMirrorError(f"{ref} is declared in the config file; remove it there")
+    services.catalog.remove_mirror(ref)
+    click.echo(f"mirror {ref} removed (its content stays served)")
+
+
+@mirror.command("list")
+@_config_option
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
+    """List declared mirrors."""
+    from .app import open_services
+
+    services = open_services(_settings(ctx, data=data))
+    rows = services.catalog.list_mirrors()
+    if as_json:
+        click.echo(json.dumps([{**m.spec.model_dump(mode="json"), "source": m.source} for m in rows]))
+        return
+    for m in rows:
+        sp = m.spec
+        filt = (f" include={','.join(sp.include)}" if sp.include else "") + (
+            f" exclude={','.join(sp.exclude)}" if sp.exclude else "")
+        click.echo(f"{sp.type.value:8} {sp.repo:40} {','.join(sp.revisions):16} {sp.schedule:12} "
+                   f"{'enabled' if sp.enabled else 'disabled':9} {m.source}{filt}")
+
+
+@cli.command()
+@_config_option
+@click.argument("repo_id", required=False)
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path | None, as_json: bool) -> None:
+    """Each mirror: mirrored vs upstream commit, last and next sync, last error; with REPO_ID, its sync history."""
+    from .app import open_services
+    from .errors import NotFound
+    from .model.names import RepoRef
+    from .sync.service import describe
+
+    services = open_services(_settings(ctx, data=data))
+    cat = services.catalog
+    rows = cat.list_mirrors()
+    if repo_id:
+        ref = RepoRef.parse(repo_id, repo_type)
+        rows = [m for m in rows if m.spec.ref == ref]
+        if not rows and cat.get_repo(ref) is None:
+            raise NotFound(f"{ref} is neither a declared mirror nor a mirrored repo")
+    out = []
+    for m in rows:
+        repo = cat.get_repo(m.spec.ref)
+        d = describe(m, cat.refs(repo) if repo else {})
+        if repo_id:
+            d["history"] = cat.runs(m.spec.ref)
+        out.append(d)
+    if repo_id and not rows:
+        ref = RepoRef.parse(repo_id, repo_type)
+        out.append({"repo_id": ref.repo_id, "repo_type": ref.repo_type.value, "declared": False,
+                    "history": cat.runs(ref)})
+    if as_json:
+        click.echo(json.dumps(out, default=str))
+        return
+    for d in out:
+        click.echo(f"{d['repo_type']} {d['repo_id']}" + ("" if d.get("enabled", True) else " (disabled)"))
+        for rev, st in (d.get("state") or {}).items():
+            mark = "up to date" if st["up_to_date"] else "UPDATE PENDING"
+            click.echo(f"  {rev}: mirrored {st['mirrored'] or '-'}  upstream {st['upstream']}  {mark}")
+        if "schedule" in d:
+            click.echo(f"  schedule {d['schedule']}; last check {d['last_check'] or '-'}; last sync "
+                       f"{d['last_sync'] or '-'}; next sync {d['next_sync'] or '-'}")
+        if d.get("last_error"):
+            click.echo(f"  last error: {d['last_error']}")
+        for run in d.get("history", []):
+            click.echo(f"  run {run['id']} {run['started_at']:%Y-%m-%d %H:%M:%S} {run['trigger']:8} {run['status']:10} "
+                       f"fetched {run['files_fetched']} files/{run['bytes_fetched']} B, reused {run['files_reused']} "
+                       f"files/{run['bytes_reused']} B, {run['upstream_calls']} calls"
+                       + (f", error: {run['error']}" if run["error"] else ""))
+
+
 def main() -> None:
     cli(obj={})
 

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .errors import ConfigError
+from .hub import HubClient
+from .model.mirror import MirrorSpec
 
 
 def _http_url(v: str | None, name: str) -> str | None:
@@ -40,6 +42,19 @@ class Settings(BaseSettings):
     trust_forwarded_headers: bool = Field(True, description="use X-Forwarded-Proto/Host/Prefix for links")
     log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
 
+    # upstream client
+    upstream_max_concurrency: int = Field(8, ge=1, le=256, description="upstream requests in flight, at most")
+    upstream_retries: int = Field(5, ge=0, le=20)
+    upstream_backoff: float = Field(1.0, gt=0, le=60, description="base of the exponential backoff, seconds")
+    upstream_read_timeout: float = Field(60.0, gt=0)
+
+    # declared mirrors and sync
+    mirrors: list[MirrorSpec] = Field(default_factory=list, description="[[mirrors]] tables")
+    sync_parallel: int = Field(4, ge=1, le=64, description="files downloaded at once by one sync")
+    max_concurrent_syncs: int = Field(2, ge=1, le=64)
+    scheduler_tick: float = Field(5.0, gt=0, le=3600, description="how often the scheduler looks for due mirrors")
+    webhook_secret: SecretStr | None = Field(None, description="X-Webhook-Secret for POST /api/hooks/hub")
+
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, v: str) -> str:
@@ -60,6 +75,17 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data / "blobs"
+
+    def hub_client(self, upstream: str | None = None) -> HubClient:
+        token = self.upstream_token.get_secret_value() if self.upstream_token else None
+        return HubClient(
+            upstream or self.upstream,
+            token,
+            max_concurrency=self.upstream_max_concurrency,
+            max_retries=self.upstream_retries,
+            backoff_base=self.upstream_backoff,
+            read_timeout=self.upstream_read_timeout,
+        )
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

@@ -13,6 +13,8 @@ HubMirrorError
 ├── Conflict                     409  a ref moved under a concurrent writer
 ├── Unauthorized                 401
 ├── GatedRepo                    401/403 X-Error-Code: GatedRepo
+├── UpstreamError                502  the upstream answered something unusable
+│   └── UpstreamUnavailable      503  unreachable, timing out, 5xx or 429 after retries
 ├── ConfigError                  bad settings file or environment
 └── StoreError                   the blob store refused or failed
     ├── DigestMismatch                bytes did not hash to what was promised
@@ -85,6 +87,16 @@ class Unauthorized(HubMirrorError):
 class GatedRepo(HubMirrorError):
     status = 403
     code = "GatedRepo"
+
+
+class UpstreamError(HubMirrorError):
+    status = 502
+    code = "UpstreamError"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "UpstreamUnavailable"
 
 
 class ConfigError(HubMirrorError):

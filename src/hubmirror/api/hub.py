@@ -25,8 +25,11 @@ MAX_PATHS_INFO = 1000
 
 
 class HubApi:
-    def __init__(self, reader: LocalReader, *, public_url: str | None, trust_forwarded: bool) -> None:
+    def __init__(
+        self, reader: LocalReader, *, public_url: str | None, trust_forwarded: bool, mirror_api: Any = None
+    ) -> None:
         self.reader = reader
+        self.mirror_api = mirror_api
         self.public_url = public_url
         self.trust_forwarded = trust_forwarded
 
@@ -58,6 +61,8 @@ class HubApi:
             return self.whoami(request)
         if segs == ["agent-harnesses"]:
             return json_response({"standardEnvVars": [], "harnesses": {}})
+        if segs and segs[0] in ("hooks", "mirror") and self.mirror_api is not None:
+            return await self.mirror_api.dispatch(request, segs)  # type: ignore[no-any-return]
         if len(segs) >= 2 and segs[0] in ("models", "datasets", "spaces"):
             route = await self._pick(parse_api(segs[1:], RepoType.parse(segs[0])))
             handler = {

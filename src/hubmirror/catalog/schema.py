@@ -73,3 +73,43 @@ ref_log = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Index("ix_ref_log_repo_name", "repo", "name", "id"),
 )
+
+mirrors = sa.Table(
+    "mirrors",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repo_type", sa.String(16), nullable=False),
+    sa.Column("repo_id", sa.String(200), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON: revisions, include, exclude, schedule, enabled
+    sa.Column("source", sa.String(16), nullable=False),  # cli | config
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("next_run_at", sa.DateTime, nullable=True),
+    sa.Column("last_check_at", sa.DateTime, nullable=True),
+    sa.Column("last_sync_at", sa.DateTime, nullable=True),
+    sa.Column("upstream", sa.Text, nullable=True),  # JSON: revision -> upstream commit at the last check
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("repo_type", "repo_id", name="uq_mirrors_type_id"),
+)
+
+sync_runs = sa.Table(
+    "sync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repo_type", sa.String(16), nullable=False),
+    sa.Column("repo_id", sa.String(200), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),  # cli | schedule | webhook | api
+    sa.Column("status", sa.String(16), nullable=False),  # running | synced | up-to-date | failed
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("commits", sa.Text, nullable=True),  # JSON: revision -> commit
+    sa.Column("files_fetched", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("bytes_fetched", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("files_reused", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("bytes_reused", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("upstream_calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index("ix_sync_runs_repo", "repo_type", "repo_id", "id"),
+)
+
+entries_oid_index = sa.Index("ix_entries_oid", entries.c.oid)

@@ -38,6 +38,11 @@ class BlobWriter(ABC):
     def size(self) -> int:
         """Bytes written so far."""
 
+    @property
+    @abstractmethod
+    def sha256(self) -> str:
+        """sha256 of the bytes written so far (for content whose digest is not known in advance)."""
+
     @abstractmethod
     def write(self, data: bytes | memoryview) -> None: ...
 

@@ -42,6 +42,10 @@ class _LocalWriter(BlobWriter):
     def size(self) -> int:
         return self._size
 
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
     def write(self, data: bytes | memoryview) -> None:
         if self._done:
             raise StoreError("write after commit or cancel")

@@ -1,0 +1,332 @@
+"""One sync of one repo: resolve revisions, list, fetch only what is missing, verify, publish.
+
+```
+refs (1 upstream call) -> for each revision: commit sha
+   commit already mirrored?  -> move the ref, done
+   else: tree(commit) -> filter include/exclude -> for each file:
+        blob in store (by sha256, or by git oid for regular files)?  -> reuse
+        else download (parallel, resumable) while hashing; verify sha256 (LFS) or
+        git blob sha1 (regular) and size; publish the blob
+   record commit + entries + ref move in one catalog transaction
+```
+
+Everything is addressed by commit sha once resolved, so an upstream branch that moves during
+the sync cannot mix two snapshots; readers see the old commit until the transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import fnmatch
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..catalog import Catalog, RefUpdate, RepoRow
+from ..errors import DigestMismatch, HubMirrorError, RevisionNotFound, SizeMismatch, StoreError, UpstreamError
+from ..hub import HubClient
+from ..model.entries import Commit, Entry
+from ..model.gitobj import git_blob_header
+from ..model.mirror import MirrorSpec, is_pattern
+from ..model.names import RepoRef, is_commit_sha
+from ..store import BlobStore
+
+log = logging.getLogger("hubmirror.sync")
+
+VERIFY_ATTEMPTS = 3  # a file whose bytes do not verify is fetched again, at most this often
+
+
+class SyncBusy(HubMirrorError):
+    status = 409
+    code = "SyncBusy"
+
+
+class Progress(Protocol):
+    def plan(self, files: int, total_bytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def file_done(self, path: str) -> None: ...
+
+
+class _NoProgress:
+    def plan(self, files: int, total_bytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def file_done(self, path: str) -> None: ...
+
+
+@dataclass
+class RevisionResult:
+    revision: str
+    commit: str
+    status: str  # synced | up-to-date
+
+
+@dataclass
+class SyncResult:
+    ref: RepoRef
+    status: str = "running"  # synced | up-to-date | failed
+    revisions: list[RevisionResult] = field(default_factory=list)
+    files_fetched: int = 0
+    bytes_fetched: int = 0
+    files_reused: int = 0
+    bytes_reused: int = 0
+    upstream_calls: int = 0
+    error: str | None = None
+    run_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo_id": self.ref.repo_id,
+            "repo_type": self.ref.repo_type.value,
+            "status": self.status,
+            "revisions": [r.__dict__ for r in self.revisions],
+            "files_fetched": self.files_fetched,
+            "bytes_fetched": self.bytes_fetched,
+            "files_reused": self.files_reused,
+            "bytes_reused": self.bytes_reused,
+            "upstream_calls": self.upstream_calls,
+            "error": self.error,
+        }
+
+
+def matches(path: str, include: list[str], exclude: list[str]) -> bool:
+    """Hub-style allow/ignore patterns (fnmatch on the full path, like huggingface_hub)."""
+    if include and not any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + "/*") for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + "/*") for p in exclude)
+
+
+class RepoLock:
+    """At most one sync per repo at a time, across processes (flock on a file in the data dir)."""
+
+    def __init__(self, data: Path, ref: RepoRef) -> None:
+        d = data / "locks"
+        d.mkdir(parents=True, exist_ok=True)
+        self.path = d / f"{ref.repo_type.value}--{ref.repo_id.replace('/', '--')}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Syncer:
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: BlobStore,
+        client: HubClient,
+        data: Path,
+        *,
+        parallel: int = 4,
+        on_published: Callable[[RepoRef], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.client = client
+        self.data = data
+        self.parallel = parallel
+        self.on_published = on_published
+
+    async def sync(self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None) -> SyncResult:
+        ref = spec.ref
+        lock = RepoLock(self.data, ref)
+        if not await asyncio.to_thread(lock.acquire):
+            raise SyncBusy(f"a sync of {ref} is already running")
+        result = SyncResult(ref)
+        calls0 = self.client.stats.calls
+        result.run_id = await asyncio.to_thread(self.catalog.start_run, ref, trigger)
+        try:
+            await self._sync(spec, result, progress or _NoProgress())
+            result.status = "synced" if any(r.status == "synced" for r in result.revisions) else "up-to-date"
+        except HubMirrorError as e:
+            result.status = "failed"
+            result.error = e.message
+            raise
+        except Exception as e:
+            result.status = "failed"
+            result.error = f"{e.__class__.__name__}: {e}"
+            raise
+        finally:
+            result.upstream_calls = self.client.stats.calls - calls0
+            await asyncio.to_thread(
+                self.catalog.finish_run,
+                result.run_id,
+                status=result.status,
+                commits={r.revision: r.commit for r in result.revisions},
+                files_fetched=result.files_fetched,
+                bytes_fetched=result.bytes_fetched,
+                files_reused=result.files_reused,
+                bytes_reused=result.bytes_reused,
+                upstream_calls=result.upstream_calls,
+                error=result.error,
+            )
+            lock.release()
+        return result
+
+    async def resolve_revisions(self, spec: MirrorSpec) -> list[tuple[str, str, str | None]]:
+        """(revision, commit, full ref name or None for a bare commit) for every wanted revision."""
+        ref = spec.ref
+        upstream_refs = await self.client.refs(ref)
+        out: list[tuple[str, str, str | None]] = []
+        for rev in spec.revisions:
+            if is_pattern(rev):
+                for name, commit in sorted(upstream_refs.items()):
+                    for prefix in ("refs/heads/", "refs/tags/"):
+                        if name.startswith(prefix) and fnmatch.fnmatchcase(name[len(prefix):], rev):
+                            out.append((name[len(prefix):], commit, name))
+                continue
+            if is_commit_sha(rev):
+                out.append((rev, rev, None))
+                continue
+            names = [rev] if rev.startswith("refs/") else [f"refs/heads/{rev}", f"refs/tags/{rev}"]
+            for name in names:
+                if name in upstream_refs:
+                    out.append((rev, upstream_refs[name], name))
+                    break
+            else:
+                if rev.startswith("refs/"):  # refs/pr/N is not in the refs listing
+                    out.append((rev, await self.client.resolve(ref, rev), rev))
+                else:
+                    raise RevisionNotFound(f"{ref}: upstream has no branch or tag {rev!r}")
+        return out
+
+    async def _sync(self, spec: MirrorSpec, result: SyncResult, progress: Progress) -> None:
+        ref = spec.ref
+        wanted = await self.resolve_revisions(spec)
+        repo = await asyncio.to_thread(self.catalog.ensure_repo, ref)
+        for revision, commit, refname in wanted:
+            known = await asyncio.to_thread(self.catalog.get_commit, repo, commit)
+            if known is None:
+                await self._mirror_commit(spec, repo, commit, refname, result, progress)
+                status = "synced"
+            else:
+                status = "up-to-date"
+            if refname is not None:
+                current = (await asyncio.to_thread(self.catalog.refs, repo)).get(refname)
+                if current != commit:
+                    await asyncio.to_thread(
+                        self.catalog.record_commit, repo, known or Commit(commit), [],
+                        [RefUpdate(refname, commit, expect=current)], f"sync ({result.run_id})",
+                    )
+                    status = "synced"
+            result.revisions.append(RevisionResult(revision, commit, status))
+        if self.on_published:
+            self.on_published(ref)
+
+    async def _mirror_commit(
+        self, spec: MirrorSpec, repo: RepoRow, commit: str, refname: str | None, result: SyncResult, progress: Progress
+    ) -> None:
+        ref = spec.ref
+        listing = await self.client.tree(ref, commit)
+        files = [e for e in listing if e.is_file and matches(e.path, spec.include, spec.exclude)]
+        keep_dirs = {"/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)}
+        dirs = [e for e in listing if not e.is_file and e.path in keep_dirs]
+
+        # what do we have already?
+        def plan() -> tuple[list[Entry], list[Entry]]:
+            have, need = [], []
+            for f in files:
+                sha = f.sha256 if f.lfs else self.catalog.sha256_for_oid(f.oid)
+                if sha and self.store.stat(sha) is not None:
+                    have.append(Entry(f.path, "file", f.oid, f.size, sha, f.lfs, f.pointer_size))
+                else:
+                    need.append(f)
+            return have, need
+
+        have, need = await asyncio.to_thread(plan)
+        result.files_reused += len(have)
+        result.bytes_reused += sum(f.size for f in have)
+        progress.plan(len(need), sum(f.size for f in need))
+
+        sem = asyncio.Semaphore(self.parallel)
+
+        async def fetch(f: Entry) -> Entry:
+            async with sem:
+                e = await self._fetch(ref, commit, f, progress)
+                result.files_fetched += 1
+                result.bytes_fetched += f.size
+                progress.file_done(f.path)
+                return e
+
+        tasks = [asyncio.ensure_future(fetch(f)) for f in need]
+        try:
+            fetched = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+        info = await self.client.commit_info(ref, commit)
+        # last_commit: inherited from the commit this ref pointed at, where a path is unchanged
+        def record() -> None:
+            prev_sha = self.catalog.refs(repo).get(refname) if refname else None
+            prev = {e.path: e for e in self.catalog.list_entries(repo, prev_sha, recursive=True)} if prev_sha else {}
+            entries = []
+            for e in [*have, *fetched, *dirs]:
+                p = prev.get(e.path)
+                last = p.last_commit if p is not None and p.oid == e.oid and p.type == e.type else commit
+                entries.append(Entry(e.path, e.type, e.oid, e.size, e.sha256, e.lfs, e.pointer_size, last))
+            moves = [RefUpdate(refname, commit, expect=prev_sha)] if refname else []
+            self.catalog.record_commit(repo, info, entries, moves, reason=f"sync ({result.run_id})")
+
+        await asyncio.to_thread(record)
+
+    async def _fetch(self, ref: RepoRef, commit: str, f: Entry, progress: Progress) -> Entry:
+        last_error: Exception | None = None
+        for _attempt in range(VERIFY_ATTEMPTS):
+            writer = await asyncio.to_thread(self.store.writer)
+            sha1 = hashlib.sha1(git_blob_header(f.size)) if not f.lfs else None
+
+            def put(chunk: bytes) -> None:
+                writer.write(chunk)
+                if sha1 is not None:
+                    sha1.update(chunk)
+
+            async def write(chunk: bytes) -> None:
+                await asyncio.to_thread(put, chunk)
+                progress.advance(len(chunk))
+
+            try:
+                await self.client.download(ref, commit, f.path, write, f.size)
+                if f.lfs:
+                    assert f.sha256 is not None
+                    await asyncio.to_thread(writer.commit, f.sha256, f.size)
+                    return f
+                assert sha1 is not None
+                if sha1.hexdigest() != f.oid:
+                    raise DigestMismatch(f"{ref}/{f.path}: bytes hash to git oid {sha1.hexdigest()}, upstream listed {f.oid}")
+                sha256 = writer.sha256
+                await asyncio.to_thread(writer.commit, sha256, f.size)
+                return Entry(f.path, "file", f.oid, f.size, sha256, False, None)
+            except (DigestMismatch, SizeMismatch) as e:
+                writer.cancel()
+                last_error = e
+                log.warning("%s/%s failed verification (%s); fetching again", ref, f.path, e)
+            except UpstreamError as e:
+                writer.cancel()
+                if type(e) is not UpstreamError:  # unavailable after retries: give up now
+                    raise
+                last_error = e  # wrong length or shape: fetch again
+                log.warning("%s/%s: %s; fetching again", ref, f.path, e)
+            except BaseException:
+                writer.cancel()
+                raise
+        raise StoreError(f"{ref}/{f.path}: bytes from the upstream failed verification {VERIFY_ATTEMPTS} times: {last_error}")

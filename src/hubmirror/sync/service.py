@@ -1,0 +1,201 @@
+"""Declared mirrors inside the server: the scheduler, webhook and on-demand triggers, and
+the cheap "is there an update?" check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..catalog import Catalog, MirrorRow
+from ..catalog.catalog import utcnow
+from ..errors import HubMirrorError
+from ..hub import HubClient
+from ..model.entries import hub_time
+from ..model.mirror import MirrorSpec, interval_seconds, next_run
+from ..model.names import RepoRef
+from .engine import SyncBusy, Syncer, matches
+
+log = logging.getLogger("hubmirror.scheduler")
+
+
+def jitter(spec: MirrorSpec) -> timedelta:
+    """Spread mirrors over up to 10% of their interval (at most 5 minutes) so 500 do not fire at once."""
+    secs = interval_seconds(spec.schedule) or 3600
+    return timedelta(seconds=random.uniform(0, min(secs * 0.1, 300)))
+
+
+class MirrorService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        syncer: Syncer,
+        client: HubClient,
+        *,
+        max_concurrent: int = 2,
+        tick: float = 5.0,
+        on_change: Callable[[RepoRef], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.syncer = syncer
+        self.client = client
+        self.tick_seconds = tick
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._running: dict[RepoRef, asyncio.Task[Any]] = {}
+        self._again: set[RepoRef] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.on_change = on_change
+
+    def load_config(self, mirrors: list[MirrorSpec]) -> None:
+        for spec in mirrors:
+            self.catalog.upsert_mirror(spec, "config")
+        self.catalog.prune_config_mirrors({m.ref for m in mirrors})
+
+    # -- scheduler --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="hubmirror-scheduler")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._task, *self._running.values()] if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+            await asyncio.sleep(self.tick_seconds)
+
+    async def tick(self) -> None:
+        now = utcnow()
+        for m in await asyncio.to_thread(self.catalog.list_mirrors):
+            ref = m.spec.ref
+            if not m.spec.enabled or ref in self._running:
+                continue
+            if m.next_run_at is None:
+                first = now + min(jitter(m.spec), timedelta(seconds=self.tick_seconds * 2))
+                await asyncio.to_thread(self.catalog.update_mirror_state, ref, next_run_at=first)
+            elif m.next_run_at <= now:
+                self.trigger(ref, "schedule")
+
+    def trigger(self, ref: RepoRef, trigger: str) -> bool:
+        """Start a check-and-sync now; if one is running, run again after it. False if not a mirror."""
+        if ref in self._running:
+            self._again.add(ref)
+            return True
+        task = asyncio.create_task(self._run(ref, trigger), name=f"sync {ref}")
+        self._running[ref] = task
+        return True
+
+    async def _run(self, ref: RepoRef, trigger: str) -> None:
+        try:
+            while True:
+                m = await asyncio.to_thread(self.catalog.get_mirror, ref)
+                if m is None or not m.spec.enabled:
+                    return
+                async with self._slots:
+                    await self._check_and_sync(m, trigger)
+                if ref not in self._again:
+                    return
+                self._again.discard(ref)
+        finally:
+            self._running.pop(ref, None)
+
+    async def _check_and_sync(self, m: MirrorRow, trigger: str) -> None:
+        ref, spec = m.spec.ref, m.spec
+        now = utcnow()
+        state: dict[str, Any] = {"last_check_at": now, "next_run_at": next_run(spec.schedule, now) + jitter(spec)}
+        try:
+            wanted = await self.syncer.resolve_revisions(spec)
+            state["upstream"] = {rev: commit for rev, commit, _ in wanted}
+            repo = await asyncio.to_thread(self.catalog.get_repo, ref)
+            mirrored = await asyncio.to_thread(self.catalog.refs, repo) if repo else {}
+            stale = repo is None
+            for _rev, commit, name in wanted:
+                if name is not None:
+                    stale = stale or mirrored.get(name) != commit
+                elif repo is not None:
+                    stale = stale or await asyncio.to_thread(self.catalog.get_commit, repo, commit) is None
+            if stale:
+                await self.syncer.sync(spec, trigger=trigger)
+                state["last_sync_at"] = utcnow()
+                if self.on_change:
+                    self.on_change(ref)
+            state["last_error"] = None
+        except SyncBusy:
+            state.pop("next_run_at")
+            state["next_run_at"] = utcnow() + timedelta(seconds=self.tick_seconds * 2)
+        except HubMirrorError as e:
+            log.warning("mirror %s: %s", ref, e.message)
+            state.update(last_error=e.message, last_error_at=utcnow())
+        except Exception as e:  # keep the scheduler alive, say what happened
+            log.exception("mirror %s failed", ref)
+            state.update(last_error=f"{e.__class__.__name__}: {e}", last_error_at=utcnow())
+        await asyncio.to_thread(self.catalog.update_mirror_state, ref, **state)
+
+    # -- check-update -----------------------------------------------------------------------
+
+    async def check_update(self, ref: RepoRef, revision: str = "main") -> dict[str, Any]:
+        """Compare the upstream commit of `revision` with ours; count changed files. No file bytes move."""
+        m = await asyncio.to_thread(self.catalog.get_mirror, ref)
+        spec = m.spec if m else MirrorSpec(repo=ref.repo_id, type=ref.repo_type, revisions=[revision])
+        info = await self.client.repo_info(ref, revision)
+        upstream_commit = str(info["sha"])
+        repo = await asyncio.to_thread(self.catalog.get_repo, ref)
+        mirrored: str | None = None
+        if repo is not None:
+            try:
+                mirrored = await asyncio.to_thread(self.catalog.resolve, repo, revision)
+            except HubMirrorError:
+                mirrored = None
+        files_changed = 0
+        if upstream_commit != mirrored:
+            upstream_files = {e.path: e.oid for e in await self.client.tree(ref, upstream_commit)
+                              if e.is_file and matches(e.path, spec.include, spec.exclude)}
+            ours: dict[str, str] = {}
+            if repo is not None and mirrored:
+                ours = {e.path: e.oid for e in await asyncio.to_thread(
+                    self.catalog.list_entries, repo, mirrored, recursive=True, files_only=True)}
+            files_changed = sum(1 for p in upstream_files.keys() | ours.keys() if upstream_files.get(p) != ours.get(p))
+        return {
+            "repo_id": ref.repo_id,
+            "repo_type": ref.repo_type.value,
+            "revision": revision,
+            "update_available": upstream_commit != mirrored,
+            "mirrored_commit": mirrored,
+            "upstream_commit": upstream_commit,
+            "upstream_last_modified": info.get("lastModified"),
+            "files_changed": files_changed,
+        }
+
+
+def describe(m: MirrorRow, mirrored: dict[str, str]) -> dict[str, Any]:
+    """A mirror's status as `hubmirror status` prints it."""
+    def t(d: datetime | None) -> str | None:
+        return hub_time(d) if d else None
+
+    revs = {}
+    for rev, up in (m.upstream or {}).items():
+        ours = mirrored.get(f"refs/heads/{rev}") or mirrored.get(f"refs/tags/{rev}") or mirrored.get(rev)
+        revs[rev] = {"mirrored": ours, "upstream": up, "up_to_date": ours == up}
+    return {
+        "repo_id": m.spec.repo,
+        "repo_type": m.spec.type.value,
+        "source": m.source,
+        "enabled": m.spec.enabled,
+        "schedule": m.spec.schedule,
+        "revisions": m.spec.revisions,
+        "state": revs,
+        "last_check": t(m.last_check_at),
+        "last_sync": t(m.last_sync_at),
+        "next_sync": t(m.next_run_at),
+        "last_error": m.last_error,
+    }
+
