@@ -63,6 +63,7 @@ class FakeHub:
         self.token = token
         self.faults: list[Fault] = []
         self.calls: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of ranged requests
         self.bytes_served: dict[str, int] = defaultdict(int)  # "repo_id/path" -> bytes
         self.auth_seen: list[tuple[str, str | None]] = []  # (origin, Authorization)
         self._lock = threading.Lock()
@@ -113,6 +114,7 @@ class FakeHub:
     def reset_counters(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.ranges.clear()
             self.bytes_served.clear()
             self.auth_seen.clear()
 
@@ -168,6 +170,8 @@ class FakeHub:
         origin = f"{request.scheme}://{request.host}"
         with self._lock:
             self.calls.append((request.method, request.raw_path))
+            if "Range" in request.headers:
+                self.ranges.append((request.raw_path.split("?")[0], request.headers["Range"]))
             self.auth_seen.append((origin, request.headers.get("Authorization")))
         path = request.raw_path.split("?")[0]
         f = self._take_fault(path, ("status",))

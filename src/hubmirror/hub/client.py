@@ -302,29 +302,30 @@ class HubClient:
         The caller verifies the digest; this checks the length.
         """
         url = self.file_url(ref, commit, path)
-        received = 0
+        progress = _Received()
         resumes = 0
         async with self._sem:
             while True:
                 try:
-                    received = await self._download_once(url, write, received, expected_size, f"{ref}/{path}")
+                    await self._download_once(url, write, progress, expected_size, f"{ref}/{path}")
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
                     if resumes >= max_resumes:
                         raise UpstreamUnavailable(
-                            f"{ref}/{path}: download failed after {resumes} resumes at byte {received}: {e}"
+                            f"{ref}/{path}: download failed after {resumes} resumes at byte {progress.n}: {e}"
                         ) from e
                     resumes += 1
                     self.stats.retries += 1
-                    log.info("upstream %s/%s cut at %d, resuming", ref, path, received)
+                    log.info("upstream %s/%s cut at %d, resuming", ref, path, progress.n)
                     await asyncio.sleep(min(self.backoff_max, self.backoff_base * resumes * random.random()))
                     continue
-                if received != expected_size:
-                    raise UpstreamError(f"{ref}/{path}: upstream sent {received} bytes, expected {expected_size}")
-                return received
+                if progress.n != expected_size:
+                    raise UpstreamError(f"{ref}/{path}: upstream sent {progress.n} bytes, expected {expected_size}")
+                return progress.n
 
     async def _download_once(
-        self, url: str, write: Callable[[bytes], Awaitable[None]], offset: int, expected: int, what: str
-    ) -> int:
+        self, url: str, write: Callable[[bytes], Awaitable[None]], progress: _Received, expected: int, what: str
+    ) -> None:
+        offset = progress.n
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -355,7 +356,6 @@ class HubClient:
                     skip = offset  # a 200 to a Range request: the whole body again
             if resp.headers.get("Content-Encoding", "identity") not in ("identity", ""):
                 raise UpstreamError(f"{what}: upstream sent an encoded body ({resp.headers['Content-Encoding']})")
-            received = offset
             async for chunk in resp.content.iter_chunked(1 << 20):
                 if skip:
                     if len(chunk) <= skip:
@@ -363,16 +363,20 @@ class HubClient:
                         continue
                     chunk = chunk[skip:]
                     skip = 0
-                if received + len(chunk) > expected:
+                if progress.n + len(chunk) > expected:
                     raise UpstreamError(f"{what}: upstream sent more than the expected {expected} bytes")
                 await write(chunk)
-                received += len(chunk)
+                progress.n += len(chunk)  # counted as soon as written: a cut resumes exactly here
                 self.stats.bytes += len(chunk)
-            if received < expected:
-                raise aiohttp.ClientPayloadError(f"body ended at {received} of {expected} bytes")
-            return received
+            if progress.n < expected:
+                raise aiohttp.ClientPayloadError(f"body ended at {progress.n} of {expected} bytes")
         finally:
             resp.release()
+
+
+@dataclass
+class _Received:
+    n: int = 0
 
 
 def _safe(url: str) -> str:
