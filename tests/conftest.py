@@ -127,7 +127,7 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
 
 @pytest.fixture(scope="session")
 def server(fixture_data: Fixture) -> Iterator[Server]:
-    s = Server(fixture_data.data)
+    s = Server(fixture_data.data, "--offline")
     yield s
     s.stop()
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .api.http import error_response, json_response
 from .api.hub import HubApi
@@ -16,6 +19,8 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import ConfigError, HubMirrorError
 from .api.mirror import MirrorApi
+from .hub import HubClient
+from .proxy import Filler, ProxyReader, Rules
 from .reader import LocalReader
 from .sync.engine import Syncer
 from .sync.service import MirrorService
@@ -68,11 +73,41 @@ class Metrics:
             "hubmirror_served_bytes", "File bytes sent to clients", registry=self.registry
         )
 
+    def watch_upstream(self, *clients: HubClient) -> None:
+        """Expose the upstream clients' counters (requests, bytes, retries, 429s)."""
+
+        class _Upstream(Collector):
+            def collect(self) -> Iterator[Metric]:
+                def total(attr: str) -> int:
+                    return sum(getattr(c.stats, attr) for c in clients)
+
+                yield CounterMetricFamily("hubmirror_upstream_requests", "Requests sent upstream", value=total("calls"))
+                yield CounterMetricFamily("hubmirror_upstream_bytes", "Bytes received from upstream",
+                                          value=total("bytes"))
+                yield CounterMetricFamily("hubmirror_upstream_retries", "Upstream retries", value=total("retries"))
+                yield CounterMetricFamily("hubmirror_upstream_rate_limited", "429 answers", value=total("rate_limited"))
+
+        self.registry.register(_Upstream())
+
 
 def build_app(services: Services) -> web.Application:
     s = services.settings
-    reader = LocalReader(services.catalog, services.store)
     client = s.hub_client()
+    proxy: ProxyReader | None = None
+    reader: LocalReader
+    proxy_client = s.hub_client(fail_fast=True)
+    if s.proxy.enabled:
+        filler = Filler(services.store, services.catalog, proxy_client, data_dir=s.data, min_free=int(s.proxy.min_free),
+                        max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None)
+        proxy = reader = ProxyReader(
+            services.catalog, services.store, proxy_client, filler,
+            rules=Rules(s.proxy.allow, s.proxy.deny), cache_rules=Rules(s.proxy.cache_allow, s.proxy.cache_deny),
+            offline=s.proxy.offline, branch_ttl=s.proxy.branch_ttl, negative_ttl=s.proxy.negative_ttl,
+            allow_gated=s.proxy.allow_gated,
+        )
+        filler.on_filled = proxy.note_filled
+    else:
+        reader = LocalReader(services.catalog, services.store)
     syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel,
                     on_published=reader.forget)
     mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,
@@ -82,6 +117,7 @@ def build_app(services: Services) -> web.Application:
     api = HubApi(reader, public_url=s.public_url, trust_forwarded=s.trust_forwarded_headers,
                  mirror_api=MirrorApi(mirrors, secret))
     metrics = Metrics()
+    metrics.watch_upstream(client, proxy_client)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -115,12 +151,23 @@ def build_app(services: Services) -> web.Application:
     app.router.add_get("/metrics", metrics_view)
     app.router.add_route("*", r"/{tail:[\s\S]*}", api.dispatch)
 
+    background: list[asyncio.Task[None]] = []
+
     async def start(_app: web.Application) -> None:
         mirrors.start()
+        if proxy is not None:
+            background.append(asyncio.create_task(proxy.run_flusher()))
 
     async def close(_app: web.Application) -> None:
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await mirrors.stop()
+        if proxy is not None:
+            await proxy.filler.close()
+            await proxy.flush_access()
         await client.close()
+        await proxy_client.close()
         services.catalog.close()
 
     app.on_startup.append(start)

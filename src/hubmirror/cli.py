@@ -63,15 +63,19 @@ def cli(ctx: click.Context, config: str | None) -> None:
               help="Data directory [default ./hubmirror-data; HUBMIRROR_DATA].")
 @click.option("--upstream", help="Upstream Hub URL [default https://huggingface.co; HUBMIRROR_UPSTREAM].")
 @click.option("--public-url", help="URL clients use to reach this server, for absolute links.")
+@click.option("--offline", is_flag=True, default=None,
+              help="Never contact the upstream: serve what is cached (also proxy.offline).")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | None,
-          upstream: str | None, public_url: str | None) -> None:
+          upstream: str | None, public_url: str | None, offline: bool | None) -> None:
     """Serve the Hub API. Clients set HF_ENDPOINT=http://HOST:PORT."""
     from aiohttp import web
 
     from .app import build_app, open_services
 
     s = _settings(ctx, host=host, port=port, data=data, upstream=upstream, public_url=public_url)
+    if offline:
+        s.proxy.offline = True
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     services = open_services(s)
     app = build_app(services)

@@ -6,11 +6,12 @@ Loaded once by the entry point and passed down; nothing reads the environment el
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .errors import ConfigError
@@ -29,8 +30,43 @@ def _http_url(v: str | None, name: str) -> str | None:
     return v.rstrip("/")
 
 
+class ProxySettings(BaseModel):
+    """Pull-through of repos that are neither hosted here nor declared mirrors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    offline: bool = Field(False, description="never contact the upstream; serve what is cached")
+    allow: list[str] = Field(default_factory=lambda: ["*"], description="repos that may be pulled through")
+    deny: list[str] = Field(default_factory=list)
+    cache_allow: list[str] = Field(default_factory=lambda: ["*"], description="proxied repos whose files are kept")
+    cache_deny: list[str] = Field(default_factory=list)
+    branch_ttl: float = Field(600.0, ge=0, description="seconds a branch's commit is reused before asking again")
+    negative_ttl: float = Field(60.0, ge=0, description="seconds a RepoNotFound/RevisionNotFound is remembered")
+    max_bytes: ByteSize | None = Field(None, description="disk budget for pulled-through files (LRU eviction)")
+    min_free: ByteSize = Field(ByteSize(1 << 30), description="free disk space to keep; checked before each fill")
+    allow_gated: bool = Field(False, description="serve private/gated upstream repos to anyone (off: never)")
+    retries: int = Field(1, ge=0, le=10, description="upstream retries on a client's request path (fail fast)")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to reach the upstream before serving stale")
+
+    @field_validator("allow", "deny", "cache_allow", "cache_deny")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pat in v:
+            if pat.startswith("re:"):
+                try:
+                    re.compile(pat[3:])
+                except re.error as e:
+                    raise ValueError(f"invalid regex {pat!r}: {e}") from None
+            elif not pat:
+                raise ValueError("empty pattern")
+        return v
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HUBMIRROR_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="HUBMIRROR_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
 
     data: Path = Field(Path("hubmirror-data"), description="data directory: catalog, blobs, logs")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for every interface)")
@@ -55,6 +91,8 @@ class Settings(BaseSettings):
     scheduler_tick: float = Field(5.0, gt=0, le=3600, description="how often the scheduler looks for due mirrors")
     webhook_secret: SecretStr | None = Field(None, description="X-Webhook-Secret for POST /api/hooks/hub")
 
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, v: str) -> str:
@@ -76,14 +114,19 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         return self.data / "blobs"
 
-    def hub_client(self, upstream: str | None = None) -> HubClient:
+    def hub_client(self, upstream: str | None = None, *, fail_fast: bool = False) -> HubClient:
+        """The upstream client. `fail_fast` is for requests a client waits on (pull-through):
+        few retries and a short connect timeout, so that cached content is served quickly instead."""
         token = self.upstream_token.get_secret_value() if self.upstream_token else None
         return HubClient(
             upstream or self.upstream,
             token,
             max_concurrency=self.upstream_max_concurrency,
-            max_retries=self.upstream_retries,
+            max_retries=self.proxy.retries if fail_fast else self.upstream_retries,
             backoff_base=self.upstream_backoff,
+            backoff_max=2.0 if fail_fast else 30.0,
+            max_rate_limit_wait=5.0 if fail_fast else 300.0,
+            connect_timeout=self.proxy.connect_timeout if fail_fast else 30.0,
             read_timeout=self.upstream_read_timeout,
         )
 

@@ -27,12 +27,22 @@ class FileHit:
     repo: RepoRow
     commit: str
     entry: Entry
+    stale: str | None = None  # why this answer may be behind the upstream (offline fallback)
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     repo: RepoRow
     commit: Commit
+    stale: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobSource:
+    """Where the bytes of a file come from: a stored blob, or a fill in progress (pull-through)."""
+
+    sha256: str | None
+    fill: Any = None
 
 
 REF_TTL = 1.0  # seconds a branch/tag lookup is reused; commits and their entries are immutable
@@ -48,6 +58,7 @@ class LocalReader:
         self._repos: dict[RepoRef, RepoRow] = {}
         self._revs: dict[tuple[int, str], tuple[str, float]] = {}
         self._entries: OrderedDict[tuple[int, str, str], Entry] = OrderedDict()
+        self.ref_ttl = REF_TTL
 
     def forget(self, ref: RepoRef | None = None) -> None:
         """Drop cached lookups (after this process moved refs or removed a repo)."""
@@ -71,8 +82,10 @@ class LocalReader:
         return FileHit(repo, rev[0], entry)
 
     def _remember(self, hit: FileHit, revision: str) -> None:
+        ttl = float("inf") if revision == hit.commit else self.ref_ttl
+        if ttl <= 0:
+            return
         self._repos[hit.repo.ref] = hit.repo
-        ttl = float("inf") if revision == hit.commit else REF_TTL
         self._revs[(hit.repo.pk, revision)] = (hit.commit, time.monotonic() + ttl)
         if len(self._revs) > 100_000:
             self._revs.clear()
@@ -101,6 +114,9 @@ class LocalReader:
     def _file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
         repo = self._repo(ref)
         commit = self.catalog.resolve(repo, revision)
+        return self._file_at(repo, commit, revision, path)
+
+    def _file_at(self, repo: RepoRow, commit: str, revision: str, path: str) -> FileHit:
         entry = self.catalog.get_entry(repo, commit, path)
         if entry is None or not entry.is_file:
             raise EntryNotFound(f'{path} does not exist on "{revision}"', commit=commit)
@@ -124,8 +140,17 @@ class LocalReader:
         hit = self._cached_file(ref, revision, path)
         if hit is None:
             hit = await self._run(self._file, ref, revision, path)
-            self._remember(hit, revision)
+            if hit.entry.sha256 is not None:
+                self._remember(hit, revision)
         return hit
+
+    async def open_blob(self, hit: FileHit, *, head: bool) -> BlobSource:
+        """Where to read the bytes of `hit` from. Hosted and mirrored files are always stored."""
+        return BlobSource(hit.entry.sha256)
+
+    async def extra_info(self, snap: Snapshot) -> dict[str, Any] | None:
+        """Upstream repo-info fields to merge into ours (pull-through keeps the Hub's metadata)."""
+        return None
 
     async def snapshot(self, ref: RepoRef, revision: str) -> Snapshot:
         return await self._run(self._snapshot, ref, revision)  # type: ignore[no-any-return]

@@ -46,6 +46,7 @@ class FakeRepo:
     commits: dict[str, FakeCommit] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)
     private: bool = False
+    gated: str | bool = False
 
 
 @dataclass
@@ -160,7 +161,8 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
+        """Stop serving (idempotent): the upstream "goes away"."""
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
@@ -220,7 +222,8 @@ class FakeHub:
                 if c is None:
                     return self._err(404, "RevisionNotFound", f"Invalid rev id: {rev}")
                 return web.json_response({
-                    "id": repo_id, "sha": c.sha, "private": repo.private,
+                    "id": repo_id, "sha": c.sha, "private": repo.private, "gated": repo.gated,
+                    "pipeline_tag": "feature-extraction", "library_name": "sentence-transformers",
                     "lastModified": c.date.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
                     "siblings": [{"rfilename": p} for p in sorted(c.files)],
                 })

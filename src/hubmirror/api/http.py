@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,3 +193,80 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, 
 def _etag_in(etag: str, header: str) -> bool:
     tags = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
     return "*" in tags or etag in tags
+
+
+async def send_fill(
+    request: web.Request, store: BlobStore, fill: Any, size: int, headers: dict[str, str], etag: str
+) -> web.StreamResponse:
+    """Stream a file that is being fetched from the upstream (see proxy/fill.py).
+
+    Waits for the first byte before answering, so an upstream that fails at once gives the client
+    a proper error. Holds back the final byte of the body until the blob is verified; on a failed
+    verification or a cut upstream the connection is aborted, so the client never sees a clean end.
+    """
+    if fill.fd is None:  # a store without a local spool: wait for the whole blob
+        await fill.done.wait()
+        if fill.error is not None:
+            raise fill.error
+        return await send_blob(request, store, fill.sha256, size, headers, etag)
+    try:
+        rng = parse_range(request.headers.get("Range"), size)
+    except RangeNotSatisfiable:
+        resp = web.StreamResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        resp.content_length = 0
+        await resp.prepare(request)
+        return resp
+    start, end = (rng.start, rng.end) if rng else (0, size)
+    await fill.wait_for(min(size, start + 1))
+    if fill.error is not None:
+        raise fill.error
+    fd = fill.fd
+    status = 206 if rng else 200
+    if rng:
+        headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = end - start
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    hold = 1 if end == size and end > start else 0
+    pos = start
+    while pos < end - hold:
+        target = min(end - hold, pos + CHUNK)
+        if fill.written < target and not fill.done.is_set():
+            await fill.wait_for(target)
+        if fill.error is not None:
+            _abort(request)
+            return resp
+        avail = min(fill.written, end - hold)
+        if avail <= pos:
+            if fill.done.is_set():
+                _abort(request)
+                return resp
+            continue
+        data = await asyncio.to_thread(os.pread, fd, min(avail - pos, CHUNK), pos)
+        if not data:
+            _abort(request)
+            return resp
+        await resp.write(data)
+        pos += len(data)
+    if hold:
+        await fill.done.wait()
+        if fill.error is not None:
+            _abort(request)
+            return resp
+        data = await asyncio.to_thread(os.pread, fd, end - pos, pos)
+        if len(data) != end - pos:
+            _abort(request)
+            return resp
+        await resp.write(data)
+    await resp.write_eof()
+    return resp
+
+
+CHUNK = 1 << 20
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()

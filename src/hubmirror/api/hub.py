@@ -15,7 +15,16 @@ from ..errors import InvalidInput, NotFound, Unauthorized
 from ..model.entries import Entry, hub_time
 from ..model.names import RepoType, validate_path
 from ..reader import LocalReader, Snapshot
-from .http import EXPOSE, base_url, content_disposition, guess_type, json_response, send_blob
+from .http import (
+    EXPOSE,
+    base_url,
+    content_disposition,
+    guess_type,
+    header_safe,
+    json_response,
+    send_blob,
+    send_fill,
+)
 from .routing import Route, parse_api, parse_file
 
 TREE_PAGE = 1000
@@ -86,7 +95,6 @@ class HubApi:
         assert route.revision is not None
         hit = await self.reader.file(route.repo, route.revision, route.path)
         e = hit.entry
-        assert e.sha256 is not None
         etag = e.etag()
         headers = {
             "X-Repo-Commit": hit.commit,
@@ -102,7 +110,12 @@ class HubApi:
         if e.lfs:
             headers["X-Linked-Etag"] = f'"{e.sha256}"'
             headers["X-Linked-Size"] = str(e.size)
-        return await send_blob(request, self.reader.store, e.sha256, e.size, headers, etag)
+        if hit.stale:
+            headers["X-HubMirror-Stale"] = header_safe(hit.stale)
+        src = await self.reader.open_blob(hit, head=request.method == "HEAD")
+        if src.fill is not None:
+            return await send_fill(request, self.reader.store, src.fill, e.size, headers, etag)
+        return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag)
 
     # -- repo info --------------------------------------------------------------------------
 
@@ -114,10 +127,13 @@ class HubApi:
         files = await self.reader.files(snap)
         card = await self.reader.card(snap)
         data = self._info_json(snap, files, card, blobs)
+        extra = await self.reader.extra_info(snap)
+        if extra:
+            data.update({k: v for k, v in extra.items() if k not in ("id", "sha", "siblings")})
         if expand:
             keep = set(expand) | {"_id", "id"}
             data = {k: v for k, v in data.items() if k in keep}
-        return json_response(data, headers={"X-Repo-Commit": snap.commit.sha})
+        return json_response(data, headers=_snap_headers(snap))
 
     def _info_json(self, snap: Snapshot, files: list[Entry], card: dict[str, Any] | None, blobs: bool) -> dict[str, Any]:
         ref = snap.repo.ref
@@ -171,7 +187,7 @@ class HubApi:
         after = _decode_cursor(q["cursor"]) if q.get("cursor") else None
         snap = await self.reader.snapshot(route.repo, route.revision)
         entries = await self.reader.tree(snap, route.path, recursive=recursive, after=after, limit=limit + 1)
-        headers = {"X-Repo-Commit": snap.commit.sha, "Access-Control-Expose-Headers": EXPOSE}
+        headers = {**_snap_headers(snap), "Access-Control-Expose-Headers": EXPOSE}
         if len(entries) > limit:
             entries = entries[:limit]
             params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "cursor"]
@@ -284,6 +300,13 @@ class HubApi:
                 "auth": {"type": "access_token", "accessToken": {"displayName": "hubmirror", "role": "read"}},
             }
         )
+
+
+def _snap_headers(snap: Snapshot) -> dict[str, str]:
+    h = {"X-Repo-Commit": snap.commit.sha}
+    if snap.stale:
+        h["X-HubMirror-Stale"] = header_safe(snap.stale)
+    return h
 
 
 def _flag(v: str | None) -> bool:

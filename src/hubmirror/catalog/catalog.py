@@ -32,6 +32,7 @@ class RepoRow:
     created_at: datetime
     private: bool
     gated: str | None
+    origin: str  # local (imported here) | mirror (declared, synced) | proxy (pulled through on use)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Catalog(MirrorQueries):
             created_at=r.created_at,
             private=bool(r.private),
             gated=r.gated,
+            origin=r.origin,
         )
 
     def get_repo(self, ref: RepoRef) -> RepoRow | None:
@@ -97,18 +99,27 @@ class Catalog(MirrorQueries):
             ).first()
         return self._repo_row(r) if r else None
 
-    def ensure_repo(self, ref: RepoRef) -> RepoRow:
+    def ensure_repo(self, ref: RepoRef, origin: str = "local") -> RepoRow:
         row = self.get_repo(ref)
         if row:
             return row
         try:
             with self.engine.begin() as c:
                 c.execute(
-                    sa.insert(t.repos).values(repo_type=ref.repo_type.value, repo_id=ref.repo_id, created_at=utcnow())
+                    sa.insert(t.repos).values(
+                        repo_type=ref.repo_type.value, repo_id=ref.repo_id, created_at=utcnow(), origin=origin
+                    )
                 )
         except sa.exc.IntegrityError:
             pass  # created concurrently
         row = self.get_repo(ref)
+        assert row is not None
+        return row
+
+    def set_origin(self, repo: RepoRow, origin: str) -> RepoRow:
+        with self.engine.begin() as c:
+            c.execute(sa.update(t.repos).where(t.repos.c.id == repo.pk).values(origin=origin))
+        row = self.get_repo(repo.ref)
         assert row is not None
         return row
 

@@ -134,3 +134,84 @@ class MirrorQueries:
                 .limit(1)
             ).first()
         return str(r.sha256) if r and r.sha256 else None
+
+    # -- pull-through -------------------------------------------------------------------------
+
+    def save_upstream_info(self, repo_pk: int, commit: str, info: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            exists = c.execute(
+                sa.select(t.upstream_info.c.commit).where(t.upstream_info.c.repo == repo_pk, t.upstream_info.c.commit == commit)
+            ).first()
+            if not exists:
+                c.execute(sa.insert(t.upstream_info).values(repo=repo_pk, commit=commit, info=json.dumps(info)))
+
+    def upstream_info_for(self, repo_pk: int, commit: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            r = c.execute(
+                sa.select(t.upstream_info.c.info).where(t.upstream_info.c.repo == repo_pk, t.upstream_info.c.commit == commit)
+            ).first()
+        return json.loads(r.info) if r else None
+
+    def api_cache_get(self, key: str) -> tuple[bytes, str | None, datetime] | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.api_cache).where(t.api_cache.c.key == key)).first()
+        return (bytes(r.body), r.link, r.fetched_at) if r else None
+
+    def api_cache_put(self, key: str, body: bytes, link: str | None) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(t.api_cache).where(t.api_cache.c.key == key))
+            c.execute(sa.insert(t.api_cache).values(key=key, body=body, link=link, fetched_at=_now()))
+
+    def fill_sha256(self, oid: str, sha256: str) -> None:
+        """A regular file's bytes were fetched: every entry with that git oid now knows its sha256."""
+        with self.engine.begin() as c:
+            c.execute(
+                sa.update(t.entries)
+                .where(t.entries.c.oid == oid, t.entries.c.lfs == sa.false(), t.entries.c.sha256.is_(None))
+                .values(sha256=sha256)
+            )
+
+    def touch_blobs(self, accesses: dict[str, tuple[int, bool, datetime]]) -> None:
+        """Record the last access of blobs (sha256 -> (size, filled by pull-through, when))."""
+        if not accesses:
+            return
+        with self.engine.begin() as c:
+            known = {
+                r.sha256: bool(r.proxied)
+                for r in c.execute(sa.select(t.blob_access).where(t.blob_access.c.sha256.in_(list(accesses)))).all()
+            }
+            for sha, (size, proxied, when) in accesses.items():
+                if sha in known:
+                    c.execute(
+                        sa.update(t.blob_access).where(t.blob_access.c.sha256 == sha)
+                        .values(last_access=when, proxied=known[sha] and proxied)
+                    )
+                else:
+                    c.execute(sa.insert(t.blob_access).values(sha256=sha, size=size, proxied=proxied, last_access=when))
+
+    def eviction_candidates(self, limit: int = 1000) -> list[tuple[str, int]]:
+        """Blobs filled by pull-through, least recently used first, that no hosted or declared
+        mirror's commit references (those are never evicted)."""
+        protected = (
+            sa.select(t.entries.c.sha256)
+            .join(t.repos, t.repos.c.id == t.entries.c.repo)
+            .where(t.repos.c.origin.in_(["local", "mirror"]), t.entries.c.sha256.is_not(None))
+        )
+        q = (
+            sa.select(t.blob_access.c.sha256, t.blob_access.c.size)
+            .where(t.blob_access.c.proxied == sa.true(), t.blob_access.c.sha256.not_in(protected))
+            .order_by(t.blob_access.c.last_access)
+            .limit(limit)
+        )
+        with self.engine.connect() as c:
+            return [(r.sha256, int(r.size)) for r in c.execute(q).all()]
+
+    def proxied_bytes(self) -> int:
+        with self.engine.connect() as c:
+            v = c.execute(sa.select(sa.func.coalesce(sa.func.sum(t.blob_access.c.size), 0))
+                          .where(t.blob_access.c.proxied == sa.true())).scalar()
+        return int(v or 0)
+
+    def forget_blob(self, sha256: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(t.blob_access).where(t.blob_access.c.sha256 == sha256))

@@ -16,6 +16,7 @@ repos = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("gated", sa.String(16), nullable=True),
+    sa.Column("origin", sa.String(8), nullable=False, server_default="local"),  # local | mirror | proxy (0003)
     sa.UniqueConstraint("repo_type", "repo_id", name="uq_repos_type_id"),
 )
 
@@ -113,3 +114,31 @@ sync_runs = sa.Table(
 )
 
 entries_oid_index = sa.Index("ix_entries_oid", entries.c.oid)
+
+# 0003: pull-through
+upstream_info = sa.Table(
+    "upstream_info",
+    metadata,
+    sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("commit", sa.String(40), primary_key=True),
+    sa.Column("info", sa.Text, nullable=False),  # the upstream's repo-info JSON at that commit, sanitised
+)
+
+api_cache = sa.Table(
+    "api_cache",
+    metadata,
+    sa.Column("key", sa.String(1000), primary_key=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("link", sa.Text, nullable=True),  # upstream Link rel=next, as a path+query on the upstream
+    sa.Column("fetched_at", sa.DateTime, nullable=False),
+)
+
+blob_access = sa.Table(
+    "blob_access",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("proxied", sa.Boolean, nullable=False),  # filled by pull-through (evictable)
+    sa.Column("last_access", sa.DateTime, nullable=False),
+    sa.Index("ix_blob_access_lru", "proxied", "last_access"),
+)

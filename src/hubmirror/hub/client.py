@@ -265,6 +265,32 @@ class HubClient:
                 raise UpstreamError(f"{ref}: upstream tree pagination does not end")
         return out
 
+    async def commits(self, ref: RepoRef, commit: str, max_pages: int = 20) -> list[Commit]:
+        """The history from `commit`, newest first (at most `max_pages` upstream pages)."""
+        url = self._api(ref, "commits", commit)
+        out: list[Commit] = []
+        for _ in range(max_pages):
+            data, resp = await self._json(url, "commits", what=f"{ref}@{commit[:8]} commits")
+            if not isinstance(data, list):
+                raise UpstreamError(f"{ref}@{commit}: upstream commits page is not a list")
+            for item in data:
+                if isinstance(item, dict) and is_commit_sha(str(item.get("id", ""))):
+                    authors = item.get("authors") or []
+                    author = str(authors[0].get("user", "")) if authors and isinstance(authors[0], dict) else ""
+                    out.append(Commit(sha=str(item["id"]), title=str(item.get("title", ""))[:1000],
+                                      message=str(item.get("message", ""))[:100_000], author=author[:200],
+                                      date=_parse_time(item.get("date"))))
+            nxt = resp.links.get("next")
+            if not nxt:
+                break
+            target = urljoin(url, str(nxt["url"]))
+            if _origin(target) != self._origin:
+                raise UpstreamError(f"{ref}: upstream pagination link leaves its origin ({_safe(target)})")
+            url = target
+        for i, c in enumerate(out[:-1]):
+            out[i] = Commit(c.sha, [out[i + 1].sha], c.title, c.message, c.author, c.date)
+        return out
+
     async def commit_info(self, ref: RepoRef, commit: str) -> Commit:
         data, _ = await self._json(self._api(ref, "commits", commit), "commits", what=f"{ref}@{commit[:8]} commits")
         if not isinstance(data, list) or not data or not isinstance(data[0], dict) or data[0].get("id") != commit:
@@ -380,9 +406,9 @@ class _Received:
 
 
 def _safe(url: str) -> str:
-    """A URL without its query string (signed CDN URLs carry credentials there)."""
-    u = urlsplit(url)
-    return f"{u.scheme}://{u.netloc}{u.path}"
+    """A URL fit for messages: no query string (signed CDN URLs carry credentials there) and no
+    host (messages can reach clients, who should not learn the upstream's or its CDN's hosts)."""
+    return urlsplit(url).path
 
 
 def _parse_time(v: Any) -> datetime:

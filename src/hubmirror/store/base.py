@@ -46,6 +46,12 @@ class BlobWriter(ABC):
     @abstractmethod
     def write(self, data: bytes | memoryview) -> None: ...
 
+    @property
+    def spool_path(self) -> Path | None:
+        """A local file holding the bytes written so far, readable while the write goes on
+        (pull-through streams from it to clients that joined a fill). None if the driver has none."""
+        return None
+
     @abstractmethod
     def commit(self, sha256: str, size: int) -> BlobInfo:
         """Check digest and size, make the bytes durable, publish under `sha256`.

@@ -46,6 +46,10 @@ class _LocalWriter(BlobWriter):
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    @property
+    def spool_path(self) -> Path | None:
+        return self._tmp
+
     def write(self, data: bytes | memoryview) -> None:
         if self._done:
             raise StoreError("write after commit or cancel")

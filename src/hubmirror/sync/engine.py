@@ -210,7 +210,9 @@ class Syncer:
     async def _sync(self, spec: MirrorSpec, result: SyncResult, progress: Progress) -> None:
         ref = spec.ref
         wanted = await self.resolve_revisions(spec)
-        repo = await asyncio.to_thread(self.catalog.ensure_repo, ref)
+        repo = await asyncio.to_thread(self.catalog.ensure_repo, ref, "mirror")
+        if repo.origin == "proxy":  # a repo first pulled through, now declared: it is a mirror from now on
+            repo = await asyncio.to_thread(self.catalog.set_origin, repo, "mirror")
         for revision, commit, refname in wanted:
             known = await asyncio.to_thread(self.catalog.get_commit, repo, commit)
             if known is None:

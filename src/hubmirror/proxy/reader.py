@@ -1,0 +1,307 @@
+"""ProxyReader: the local reader, falling through to the upstream for repos that are neither
+hosted here nor declared mirrors (and that the rules allow).
+
+* A revision is resolved upstream (one repo-info call) and the commit's listing recorded in the
+  catalog, so every API answer is then served like a mirrored repo's. Anything addressed by a
+  commit sha is cached forever; a branch's commit for `branch_ttl`.
+* RepoNotFound and RevisionNotFound are remembered for `negative_ttl`; 401/403/429/5xx are not.
+* When the upstream is unreachable, times out, or answers 5xx/429 (or `offline` is set), what is
+  cached is still served: a branch from its last known commit, marked stale.
+* Private and gated upstream repos are not pulled through unless `allow_gated` is set, because
+  the mirror would otherwise hand them to anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from ..catalog import Catalog, RefUpdate, RepoRow
+from ..catalog.catalog import utcnow
+from ..errors import (
+    EntryNotFound,
+    GatedRepo,
+    HubMirrorError,
+    RepoNotFound,
+    RevisionNotFound,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from ..hub import HubClient
+from ..model.entries import Commit, Entry
+from ..model.names import RepoRef, is_commit_sha
+from ..reader import BlobSource, FileHit, LocalReader, Snapshot
+from ..store import BlobStore
+from .fill import Filler
+from .rules import Rules
+
+log = logging.getLogger("hubmirror.proxy")
+
+# repo-info fields of the upstream that we pass on (ours win for id, sha, siblings, dates)
+INFO_FIELDS = {
+    "pipeline_tag", "library_name", "tags", "cardData", "config", "transformersInfo", "safetensors", "gguf",
+    "model-index", "widgetData", "mask_token", "baseModels", "sdk", "runtime", "description", "citation",
+    "paperswithcode_id", "author", "downloads", "likes", "gated", "private", "disabled",
+}
+
+
+class Unavailable(UpstreamUnavailable):
+    """A miss that cannot be filled: the upstream is unreachable and nothing is cached."""
+
+
+class ProxyReader(LocalReader):
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: BlobStore,
+        client: HubClient,
+        filler: Filler,
+        *,
+        rules: Rules,
+        cache_rules: Rules,
+        offline: bool,
+        branch_ttl: float,
+        negative_ttl: float,
+        allow_gated: bool,
+    ) -> None:
+        super().__init__(catalog, store)
+        self.client = client
+        self.filler = filler
+        self.rules = rules
+        self.cache_rules = cache_rules
+        self.offline = offline
+        self.branch_ttl = branch_ttl
+        self.negative_ttl = negative_ttl
+        self.allow_gated = allow_gated
+        self.ref_ttl = min(self.ref_ttl, branch_ttl)
+        self._checked: dict[tuple[int, str], float] = {}
+        self._negative: dict[tuple[RepoRef, str], tuple[HubMirrorError, float]] = {}
+        self._inflight: dict[tuple[RepoRef, str], asyncio.Future[tuple[RepoRow, str, str | None]]] = {}
+        self._access: dict[str, tuple[int, bool, datetime]] = {}
+
+    # -- revision resolution ----------------------------------------------------------------
+
+    async def _ensure(self, ref: RepoRef, revision: str) -> tuple[RepoRow, str, str | None]:
+        """(repo, commit, stale reason) for a revision, asking the upstream when needed. Single flight."""
+        key = (ref, revision)
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            result = await self._ensure_once(ref, revision)
+            fut.set_result(result)
+            return result
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _ensure_once(self, ref: RepoRef, revision: str) -> tuple[RepoRow, str, str | None]:
+        repo = await self._run(self.catalog.get_repo, ref)
+        if repo is not None and repo.origin != "proxy":
+            return repo, await self._run(self.catalog.resolve, repo, revision), None
+        if not self.rules.allows(ref):
+            raise RepoNotFound(f"Repository not found: {ref} is not hosted or mirrored here, and pull-through "
+                               f"of it is not allowed by this mirror's rules")
+        neg = self._negative.get((ref, revision))
+        if neg is not None and neg[1] > time.monotonic():
+            raise neg[0]
+        if repo is not None:
+            if is_commit_sha(revision) and await self._run(self.catalog.get_commit, repo, revision):
+                return repo, revision, None
+            checked = self._checked.get((repo.pk, revision))
+            if checked is not None and checked > time.monotonic():
+                return repo, await self._run(self.catalog.resolve, repo, revision), None
+        if self.offline:
+            return await self._stale(ref, repo, revision, "offline mode")
+        try:
+            info = await self.client.repo_info(ref, revision)
+        except (RepoNotFound, RevisionNotFound) as e:
+            self._negative[(ref, revision)] = (e, time.monotonic() + self.negative_ttl)
+            raise type(e)(_client_message(e, ref, revision)) from None
+        except GatedRepo as e:
+            raise GatedRepo(f"{ref} is gated upstream: {e.message}") from None
+        except UpstreamError as e:  # unreachable, 5xx, 429 after retries, garbage
+            return await self._stale(ref, repo, revision, e.message)
+        if (info.get("private") or info.get("gated")) and not self.allow_gated:
+            err = GatedRepo(f"{ref} is private or gated upstream; this mirror does not pull such repos through")
+            self._negative[(ref, revision)] = (err, time.monotonic() + self.negative_ttl)
+            raise err
+        sha = str(info["sha"])
+        repo = await self._run(self.catalog.ensure_repo, ref, "proxy")
+        if repo.origin != "proxy":  # became hosted or mirrored meanwhile
+            return repo, await self._run(self.catalog.resolve, repo, revision), None
+        refname = None if is_commit_sha(revision) else (revision if revision.startswith("refs/") else f"refs/heads/{revision}")
+        if await self._run(self.catalog.get_commit, repo, sha) is None:
+            try:
+                listing = await self.client.tree(ref, sha)
+            except UpstreamError as e:
+                return await self._stale(ref, repo, revision, e.message)
+            await self._run(self._record, repo, sha, info, listing, refname)
+        elif refname is not None:
+            current = (await self._run(self.catalog.refs, repo)).get(refname)
+            if current != sha:
+                await self._run(self.catalog.set_ref, repo, refname, sha, "pull-through")
+        ttl = float("inf") if is_commit_sha(revision) else self.branch_ttl
+        self._checked[(repo.pk, revision)] = time.monotonic() + ttl
+        return repo, sha, None
+
+    def _record(self, repo: RepoRow, sha: str, info: dict[str, Any], listing: list[Entry], refname: str | None) -> None:
+        entries = []
+        for e in listing:
+            sha256 = e.sha256
+            if e.is_file and not e.lfs:
+                sha256 = self.catalog.sha256_for_oid(e.oid)
+            entries.append(Entry(e.path, e.type, e.oid, e.size, sha256, e.lfs, e.pointer_size, sha))
+        date = _parse(info.get("lastModified"))
+        commit = Commit(sha, [], "", "", "", date)
+        moves = [RefUpdate(refname, sha)] if refname else []
+        self.catalog.record_commit(repo, commit, entries, moves, reason="pull-through")
+        self.catalog.save_upstream_info(repo.pk, sha, {k: v for k, v in info.items() if k in INFO_FIELDS})
+
+    async def _stale(self, ref: RepoRef, repo: RepoRow | None, revision: str, why: str) -> tuple[RepoRow, str, str | None]:
+        if repo is None:
+            raise RepoNotFound(f"Repository not found: {ref} is not cached here and the upstream cannot be "
+                               f"reached ({why})")
+        try:
+            sha = await self._run(self.catalog.resolve, repo, revision)
+        except RevisionNotFound:
+            raise RevisionNotFound(f"Invalid rev id: {revision} is not cached here for {ref} and the upstream "
+                                   f"cannot be reached ({why})") from None
+        stale = None if is_commit_sha(revision) else f"upstream unreachable ({why[:200]}); last known commit"
+        return repo, sha, stale
+
+    # -- Reader API -------------------------------------------------------------------------
+
+    async def file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
+        hit = self._cached_file(ref, revision, path)
+        if hit is not None:
+            return hit
+        repo, commit, stale = await self._ensure(ref, revision)
+        hit = await self._run(self._file_at, repo, commit, revision, path)
+        if stale:
+            return FileHit(hit.repo, hit.commit, hit.entry, stale)
+        if hit.entry.sha256 is not None:
+            self._remember(hit, revision)  # for 1 s, well inside branch_ttl
+        return hit
+
+    async def snapshot(self, ref: RepoRef, revision: str) -> Snapshot:
+        repo, sha, stale = await self._ensure(ref, revision)
+        commit = await self._run(self.catalog.get_commit, repo, sha)
+        assert commit is not None
+        return Snapshot(repo, commit, stale)
+
+    async def open_blob(self, hit: FileHit, *, head: bool) -> BlobSource:
+        e = hit.entry
+        if e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None:
+            if hit.repo.origin == "proxy":
+                self._access[e.sha256] = (e.size, True, utcnow())
+            return BlobSource(e.sha256)
+        if head:
+            return BlobSource(e.sha256)  # metadata is known; bytes are fetched on GET
+        if hit.repo.origin != "proxy":
+            raise HubMirrorError(f"{hit.repo.ref}/{e.path}: blob {e.sha256} is missing from the store")
+        fill = self.filler.active(e)
+        if fill is None:
+            if self.offline:
+                raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
+            fill = await self.filler.get(hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref))
+        return BlobSource(None, fill)
+
+    async def refs(self, ref: RepoRef) -> dict[str, str]:
+        repo = await self._run(self.catalog.get_repo, ref)
+        if repo is not None and repo.origin != "proxy":
+            return await super().refs(ref)
+        if not self.rules.allows(ref):
+            raise RepoNotFound(f"Repository not found: {ref} is not allowed for pull-through here")
+
+        async def fetch() -> bytes:
+            return orjson.dumps(await self.client.refs(ref))
+
+        body = await self._cached_api(f"refs:{ref}", self.branch_ttl, fetch, ref)
+        return dict(orjson.loads(body))
+
+    async def commits(self, snap: Snapshot) -> list[Commit]:
+        if snap.repo.origin != "proxy":
+            return await super().commits(snap)
+
+        async def fetch() -> bytes:
+            cs = await self.client.commits(snap.repo.ref, snap.commit.sha)
+            return orjson.dumps([{"id": c.sha, "parents": c.parents, "title": c.title, "message": c.message,
+                                  "author": c.author, "date": c.date.isoformat()} for c in cs])
+
+        body = await self._cached_api(f"commits:{snap.repo.ref}@{snap.commit.sha}", float("inf"), fetch, snap.repo.ref)
+        return [Commit(d["id"], d["parents"], d["title"], d["message"], d["author"], _parse(d["date"]))
+                for d in orjson.loads(body)]
+
+    async def extra_info(self, snap: Snapshot) -> dict[str, Any] | None:
+        if snap.repo.origin != "proxy":
+            return None
+        return await self._run(self.catalog.upstream_info_for, snap.repo.pk, snap.commit.sha)  # type: ignore[no-any-return]
+
+    async def _cached_api(self, key: str, ttl: float, fetch: Any, ref: RepoRef) -> bytes:
+        cached = await self._run(self.catalog.api_cache_get, key)
+        if cached is not None and (ttl == float("inf") or (utcnow() - cached[2]).total_seconds() < ttl):
+            return cached[0]
+        if self.offline:
+            if cached is not None:
+                return cached[0]
+            raise RepoNotFound(f"Repository not found: {ref} is not cached here and the mirror is offline")
+        try:
+            body: bytes = await fetch()
+        except (RepoNotFound, RevisionNotFound) as e:
+            raise type(e)(_client_message(e, ref, "")) from None
+        except UpstreamError as e:
+            if cached is not None:
+                return cached[0]
+            raise RepoNotFound(f"Repository not found: {ref} is not cached here and the upstream cannot be "
+                               f"reached ({e.message})") from None
+        await self._run(self.catalog.api_cache_put, key, body, None)
+        return body
+
+    # -- LRU bookkeeping --------------------------------------------------------------------
+
+    def note_filled(self, sha256: str, size: int) -> None:
+        self._access[sha256] = (size, True, utcnow())
+
+    async def flush_access(self) -> None:
+        batch, self._access = self._access, {}
+        if batch:
+            await self._run(self.catalog.touch_blobs, batch)
+
+    async def run_flusher(self, every: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.flush_access()
+            except Exception:
+                log.exception("could not record blob accesses")
+
+
+def _client_message(e: HubMirrorError, ref: RepoRef, revision: str) -> str:
+    if isinstance(e, RepoNotFound):
+        return f"Repository not found: {ref} (upstream: not found, private, or no access)"
+    if isinstance(e, RevisionNotFound):
+        return f"Invalid rev id: {revision} (not found upstream for {ref})"
+    if isinstance(e, EntryNotFound):
+        return e.message
+    return e.message
+
+
+def _parse(v: Any) -> datetime:
+    if isinstance(v, str):
+        try:
+            d = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return datetime.now(timezone.utc)
