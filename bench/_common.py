@@ -158,5 +158,5 @@ def fmt_rate(bps: float) -> str:
     return f"{bps / 1e9:.2f} GB/s"
 
 
-__all__ = ["Nginx", "Server", "best_throughput", "head_latencies", "head_rps", "pct", "fmt_rate", "wait_http",
+__all__ = ["Nginx", "Server", "need", "best_throughput", "head_latencies", "head_rps", "pct", "fmt_rate", "wait_http",
            "statistics", "os"]

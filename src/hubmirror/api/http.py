@@ -231,10 +231,23 @@ async def send_fill(
         return resp
     hold = 1 if end == size and end > start else 0
     pos = start
+    loop = asyncio.get_running_loop()
+    spool = os.fdopen(os.dup(fd), "rb", buffering=0)
+    try:
+        return await _stream_fill(request, resp, fill, spool, loop, pos, end, hold)
+    finally:
+        spool.close()
+
+
+async def _stream_fill(
+    request: web.Request, resp: web.StreamResponse, fill: Any, spool: Any, loop: asyncio.AbstractEventLoop,
+    pos: int, end: int, hold: int,
+) -> web.StreamResponse:
+    fd = spool.fileno()
     while pos < end - hold:
         target = min(end - hold, pos + CHUNK)
         if fill.written < target and not fill.done.is_set():
-            await fill.wait_for(target)
+            await fill.wait_for(min(target, fill.written + 1))
         if fill.error is not None:
             _abort(request)
             return resp
@@ -244,12 +257,16 @@ async def send_fill(
                 _abort(request)
                 return resp
             continue
-        data = await asyncio.to_thread(os.pread, fd, min(avail - pos, CHUNK), pos)
-        if not data:
-            _abort(request)
+        transport = request.transport
+        if transport is None:
             return resp
-        await resp.write(data)
-        pos += len(data)
+        try:
+            # zero-copy from the spool file, which the fill keeps writing behind us
+            await loop.sendfile(transport, spool, pos, avail - pos)
+        except NotImplementedError:
+            data = await asyncio.to_thread(os.pread, fd, avail - pos, pos)
+            await resp.write(data)
+        pos = avail
     if hold:
         await fill.done.wait()
         if fill.error is not None:

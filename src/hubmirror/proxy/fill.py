@@ -20,6 +20,8 @@ import logging
 import os
 import shutil
 import weakref
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +164,7 @@ class Filler:
 
     async def _run(self, fill: Fill, ref: RepoRef, commit: str, entry: Entry, keep: bool) -> None:
         writer = None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fill")
         try:
             writer = await asyncio.to_thread(self.store.writer)
             if writer.spool_path is not None:
@@ -178,12 +181,29 @@ class Filler:
                 if sha1 is not None:
                     sha1.update(chunk)
 
+            # Writing and hashing run on one thread of their own, in order, while the event loop
+            # goes on receiving: the download is pipelined instead of waiting for each chunk.
+            loop = asyncio.get_running_loop()
+            pending: deque[tuple[asyncio.Future[None], int]] = deque()
+
+            async def settle(keep: int) -> None:
+                while len(pending) > keep:
+                    fut, n = pending.popleft()
+                    await fut
+                    await fill.advanced(n)
+
             async def write(chunk: bytes) -> None:
-                await asyncio.to_thread(put, chunk)
-                await fill.advanced(len(chunk))
+                pending.append((loop.run_in_executor(pool, put, chunk), len(chunk)))
+                await settle(8)
 
             self.upstream_fills += 1
-            await self.client.download(ref, commit, entry.path, write, entry.size)
+            try:
+                await self.client.download(ref, commit, entry.path, write, entry.size)
+            finally:
+                try:
+                    await settle(0)
+                finally:
+                    pool.shutdown(wait=False)
             if entry.lfs:
                 assert entry.sha256 is not None
                 sha256 = entry.sha256

@@ -19,12 +19,45 @@ import errno
 import fcntl
 import hashlib
 import os
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DigestMismatch, SizeMismatch, StoreError
 from .base import BlobInfo, BlobStore, BlobWriter, check_sha256
+
+
+class _Hasher:
+    """sha256 on a thread of its own, fed in order, so hashing overlaps the disk writes."""
+
+    _STOP = b""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="blob-hash", daemon=True)
+        self._thread.start()
+        self._final: str | None = None
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is self._STOP:
+                return
+            self._hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if chunk:
+            self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        if self._final is None:
+            self._queue.put(self._STOP)
+            self._thread.join()
+            self._final = self._hash.hexdigest()
+        return self._final
 
 
 class _LocalWriter(BlobWriter):
@@ -34,7 +67,7 @@ class _LocalWriter(BlobWriter):
         self._fh = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/cancel
         # Held until commit/cancel so that sweep() in another process leaves a live write alone.
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._hash = hashlib.sha256()
+        self._hash = _Hasher()
         self._size = 0
         self._done = False
 
@@ -44,6 +77,7 @@ class _LocalWriter(BlobWriter):
 
     @property
     def sha256(self) -> str:
+        """The digest of everything written; no more writes are accepted after asking."""
         return self._hash.hexdigest()
 
     @property
@@ -63,7 +97,7 @@ class _LocalWriter(BlobWriter):
             if e.errno == errno.ENOSPC:
                 raise StoreError("disk full while writing a blob") from e
             raise StoreError(f"cannot write blob: {e}") from e
-        self._hash.update(data)
+        self._hash.update(bytes(data))
         self._size += len(data)
 
     def commit(self, sha256: str, size: int) -> BlobInfo:
@@ -95,6 +129,7 @@ class _LocalWriter(BlobWriter):
         if self._done:
             return
         self._done = True
+        self._hash.hexdigest()  # stops the hashing thread
         try:
             self._fh.close()
         finally:
