@@ -43,7 +43,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data.parent / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "hubmirror.cli", "serve", "--data", str(data), "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "hubmirror", "serve", "--data", str(data), "--port", str(self.port), *args]
         self._fh = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, stdout=self._fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -57,10 +57,10 @@ def test_serve_reports_bad_config_and_unwritable_data(tmp_path: Path) -> None:
     cfg = tmp_path / "hm.toml"
     cfg.write_text("port = 70000\n")
     for args in (["--config", str(cfg), "serve"], ["serve", "--config", str(cfg)]):
-        p = subprocess.run([sys.executable, "-m", "hubmirror.cli", *args], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "hubmirror", *args], capture_output=True, text=True)
         assert p.returncode == 1 and "port" in p.stderr and "Traceback" not in p.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    p = subprocess.run([sys.executable, "-m", "hubmirror.cli", "serve", "--data", str(blocker / "sub")],
+    p = subprocess.run([sys.executable, "-m", "hubmirror", "serve", "--data", str(blocker / "sub")],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "data directory" in p.stderr and "Traceback" not in p.stderr

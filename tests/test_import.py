@@ -122,7 +122,7 @@ def test_refuses_bad_folders_and_branches(env: tuple[Catalog, LocalBlobStore], t
 def test_cli_import_tag_and_errors(tmp_path: Path) -> None:
     src = make(tmp_path / "src", {"config.json": b"{}"})
     data = tmp_path / "data"
-    hm = [sys.executable, "-m", "hubmirror.cli"]
+    hm = [sys.executable, "-m", "hubmirror"]
     p = subprocess.run([*hm, "import", "acme/cli", str(src), "--data", str(data), "--json"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)

@@ -14,7 +14,7 @@ import pytest
 from fakes.hub import FakeHub
 from helpers import Server, raw, run_client
 
-HM = [sys.executable, "-m", "hubmirror.cli"]
+HM = [sys.executable, "-m", "hubmirror"]
 
 
 @pytest.fixture

@@ -265,7 +265,7 @@ def test_disk_budget_evicts_least_recently_used_proxied_blobs_only(hub: FakeHub,
 
     keep = os.urandom(400_000)
     hub.commit("acme/kept", {"k.bin": keep})
-    p = subprocess.run([sys.executable, "-m", "hubmirror.cli", "sync", "acme/kept", "--data", str(data),
+    p = subprocess.run([sys.executable, "-m", "hubmirror", "sync", "acme/kept", "--data", str(data),
                         "--upstream", hub.url], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     s = proxy_server(data, hub, HUBMIRROR_PROXY__MAX_BYTES="1000000")

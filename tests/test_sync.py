@@ -282,7 +282,7 @@ def test_upstream_token_goes_to_the_upstream_only(tmp_path: Path) -> None:
             run_sync(tmp_path / "d0", hub.url, "acme/private")  # no token: the Hub says not found
         hub.reset_counters()
         env = {**os.environ, "HUBMIRROR_UPSTREAM_TOKEN": "hf_secret_upstream_token"}
-        p = subprocess.run([sys.executable, "-m", "hubmirror.cli", "sync", "acme/private", "--data",
+        p = subprocess.run([sys.executable, "-m", "hubmirror", "sync", "acme/private", "--data",
                             str(tmp_path / "d"), "--upstream", hub.url], capture_output=True, text=True, env=env)
         assert p.returncode == 0, p.stderr
         assert "hf_secret_upstream_token" not in p.stdout + p.stderr
@@ -296,7 +296,7 @@ def test_upstream_token_goes_to_the_upstream_only(tmp_path: Path) -> None:
 
 def test_cli_json_and_exit_codes(hub: FakeHub, tmp_path: Path) -> None:
     hub.commit("acme/up", files_v1())
-    hm = [sys.executable, "-m", "hubmirror.cli", "sync", "--data", str(tmp_path / "d"), "--upstream", hub.url, "--json"]
+    hm = [sys.executable, "-m", "hubmirror", "sync", "--data", str(tmp_path / "d"), "--upstream", hub.url, "--json"]
     import json
 
     p = subprocess.run([*hm, "acme/up"], capture_output=True, text=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timezone
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .api.http import error_response, json_response
@@ -73,6 +74,24 @@ class Metrics:
             "hubmirror_served_bytes", "File bytes sent to clients", registry=self.registry
         )
 
+    def watch_catalog(self, catalog: Catalog) -> None:
+        """Repos gone upstream (with the time they were found gone) and pins, read at scrape time."""
+
+        class _Catalog(Collector):
+            def collect(self) -> Iterator[Metric]:
+                gone = GaugeMetricFamily("hubmirror_repo_gone_upstream_since_seconds",
+                                         "Unix time a mirrored repo was first found gone upstream",
+                                         labels=["repo_type", "repo_id"])
+                repos = {r.pk: r.ref for r in catalog.list_repos()}
+                for pk, (since, _msg) in catalog.gone().items():
+                    if pk in repos:
+                        gone.add_metric([repos[pk].repo_type.value, repos[pk].repo_id],
+                                        since.replace(tzinfo=timezone.utc).timestamp())
+                yield gone
+                yield GaugeMetricFamily("hubmirror_pins", "Pinned commits", value=len(catalog.pins()))
+
+        self.registry.register(_Catalog())
+
     def watch_upstream(self, *clients: HubClient) -> None:
         """Expose the upstream clients' counters (requests, bytes, retries, 429s)."""
 
@@ -118,6 +137,7 @@ def build_app(services: Services) -> web.Application:
                  mirror_api=MirrorApi(mirrors, secret))
     metrics = Metrics()
     metrics.watch_upstream(client, proxy_client)
+    metrics.watch_catalog(services.catalog)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -111,7 +111,8 @@ def import_(ctx: click.Context, repo_id: str, folder: Path, repo_type: str, revi
                disable=as_json or not sys.stderr.isatty())
     try:
         res = import_folder(services.catalog, services.store, ref, folder, branch=revision, message=message,
-                            progress=bar.update, total=lambda n: setattr(bar, "total", n))
+                            progress=bar.update, total=lambda n: setattr(bar, "total", n),
+                            data_dir=services.settings.data)
     finally:
         bar.close()
     if as_json:
@@ -192,7 +193,7 @@ def _mirror_spec(repo_id: str, repo_type: str, revisions: tuple[str, ...], inclu
 
 @cli.command()
 @_config_option
-@click.argument("repo_id")
+@click.argument("repo_id", required=False)
 @click.option("--repo-type", type=REPO_TYPES, default=None, help="[default: model, or the declared mirror's]")
 @click.option("--revision", "revisions", multiple=True, help="Branch, tag, glob over them (v*) or commit; repeatable.")
 @click.option("--include", multiple=True, help="Only files matching this glob; repeatable.")
@@ -200,10 +201,13 @@ def _mirror_spec(repo_id: str, repo_type: str, revisions: tuple[str, ...], inclu
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
 @click.option("--upstream", help="Upstream Hub URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (no progress bars).")
+@click.option("--lock", "lock_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Mirror exactly the commits and files a lock file names (REPO_ID is then omitted).")
+@click.option("--retag", is_flag=True, help="Follow tags the upstream re-pointed (default: keep ours, flag it).")
 @click.pass_context
-def sync(ctx: click.Context, repo_id: str, repo_type: str | None, revisions: tuple[str, ...],
+def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisions: tuple[str, ...],
          include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, upstream: str | None,
-         as_json: bool) -> None:
+         as_json: bool, lock_file: Path | None, retag: bool) -> None:
     """Mirror REPO_ID from the upstream: fetch only missing files, verify, switch atomically.
 
     Without --revision/--include/--exclude, a declared mirror's settings are used.
@@ -217,6 +221,13 @@ def sync(ctx: click.Context, repo_id: str, repo_type: str | None, revisions: tup
 
     s = _settings(ctx, data=data, upstream=upstream)
     services = open_services(s)
+    if lock_file is not None:
+        if repo_id:
+            raise HubMirrorError("give either REPO_ID or --lock, not both")
+        _sync_lock(s, services, lock_file, as_json)
+        return
+    if not repo_id:
+        raise HubMirrorError("give REPO_ID (or --lock FILE)")
     declared = services.catalog.get_mirror(RepoRef.parse(repo_id, repo_type or "model"))
     if declared is None and repo_type is None:
         declared = next((m for m in services.catalog.list_mirrors() if m.spec.repo == repo_id), None)
@@ -231,7 +242,7 @@ def sync(ctx: click.Context, repo_id: str, repo_type: str | None, revisions: tup
         async with s.hub_client() as client:
             syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel)
             try:
-                return await syncer.sync(spec, trigger="cli", progress=progress)
+                return await syncer.sync(spec, trigger="cli", progress=progress, retag=retag)
             finally:
                 progress.close()
 
@@ -250,6 +261,43 @@ def sync(ctx: click.Context, repo_id: str, repo_type: str | None, revisions: tup
         click.echo(f"{spec.ref}@{r.revision}: {r.commit} ({r.status})")
     click.echo(f"fetched {result.files_fetched} files ({result.bytes_fetched} bytes), reused {result.files_reused} "
                f"files ({result.bytes_reused} bytes), {result.upstream_calls} upstream calls")
+
+
+def _sync_lock(s: Settings, services: Any, lock_file: Path, as_json: bool) -> None:
+    """Mirror exactly what a lock names: each locked commit, only its locked files, checked by sha256."""
+    import asyncio
+
+    from .lifecycle import lockfile
+    from .model.mirror import MirrorSpec
+    from .sync.engine import Syncer
+
+    def literal(path: str) -> str:
+        return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+
+    results = []
+
+    async def run() -> None:
+        async with s.hub_client() as client:
+            syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel)
+            for r in lockfile.load(lock_file):
+                spec = MirrorSpec(repo=r.ref.repo_id, type=r.ref.repo_type, revisions=[r.commit],
+                                  include=[literal(f.path) for f in r.files] or ["\x00none"])
+                res = await syncer.sync(spec, trigger="lock")
+                repo = services.catalog.get_repo(r.ref)
+                got = {e.path: e for e in services.catalog.list_entries(repo, r.commit, recursive=True, files_only=True)}
+                bad = [f.path for f in r.files if f.path not in got or got[f.path].sha256 != f.sha256
+                       or got[f.path].size != f.size]
+                if bad:
+                    raise HubMirrorError(f"{r.ref}@{r.commit}: the upstream's files differ from the lock: {bad[:5]}")
+                results.append(res.to_json() | {"commit": r.commit, "revision": r.revision})
+
+    asyncio.run(run())
+    if as_json:
+        click.echo(json.dumps(results))
+    else:
+        for res in results:
+            click.echo(f"{res['repo_type']} {res['repo_id']}@{res['revision']} = {res['commit']}: {res['status']} "
+                       f"(fetched {res['files_fetched']} files, reused {res['files_reused']})")
 
 
 @cli.group()
@@ -306,6 +354,31 @@ def mirror_remove(ctx: click.Context, repo_id: str, repo_type: str, data: Path |
     click.echo(f"mirror {ref} removed (its content stays served)")
 
 
+@mirror.command("freeze")
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--undo", is_flag=True, help="Unfreeze: sync it again on its schedule.")
+@click.pass_context
+def mirror_freeze(ctx: click.Context, repo_id: str, repo_type: str, data: Path | None, undo: bool) -> None:
+    """Freeze a declared mirror: no more syncs, everything mirrored stays served."""
+    from .app import open_services
+    from .errors import NotFound
+    from .model.names import RepoRef
+
+    ref = RepoRef.parse(repo_id, repo_type)
+    services = open_services(_settings(ctx, data=data))
+    m = services.catalog.get_mirror(ref)
+    if m is None:
+        raise NotFound(f"{ref} is not a declared mirror")
+    if m.source == "config":
+        raise HubMirrorError(f"{ref} is declared in the config file; set frozen = {str(not undo).lower()} there")
+    services.catalog.upsert_mirror(m.spec.model_copy(update={"frozen": not undo}), m.source)
+    services.catalog.audit("unfreeze" if undo else "freeze", ref)
+    click.echo(f"mirror {ref} {'unfrozen' if undo else 'frozen'}")
+
+
 @mirror.command("list")
 @_config_option
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
@@ -351,9 +424,13 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
         if not rows and cat.get_repo(ref) is None:
             raise NotFound(f"{ref} is neither a declared mirror nor a mirrored repo")
     out = []
+    gone = cat.gone()
     for m in rows:
         repo = cat.get_repo(m.spec.ref)
         d = describe(m, cat.refs(repo) if repo else {})
+        if repo is not None and repo.pk in gone:
+            d["gone_upstream_since"] = gone[repo.pk][0].isoformat() + "Z"
+        d["tags_repointed_upstream"] = [ev["detail"] for ev in cat.audit_events(m.spec.ref, "tag-repointed-upstream")]
         if repo_id:
             d["history"] = cat.runs(m.spec.ref)
         out.append(d)
@@ -365,7 +442,13 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
         click.echo(json.dumps(out, default=str))
         return
     for d in out:
-        click.echo(f"{d['repo_type']} {d['repo_id']}" + ("" if d.get("enabled", True) else " (disabled)"))
+        flags = ("" if d.get("enabled", True) else " (disabled)") + (" (FROZEN)" if d.get("frozen") else "")
+        if d.get("gone_upstream_since"):
+            flags += f" (GONE UPSTREAM since {d['gone_upstream_since']})"
+        click.echo(f"{d['repo_type']} {d['repo_id']}{flags}")
+        for ev in d.get("tags_repointed_upstream", []):
+            click.echo(f"  TAG RE-POINTED UPSTREAM: {ev['tag']} is {ev['upstream']} upstream; "
+                       f"kept at {ev['mirrored']} here (sync --retag to follow)")
         for rev, st in (d.get("state") or {}).items():
             mark = "up to date" if st["up_to_date"] else "UPDATE PENDING"
             click.echo(f"  {rev}: mirrored {st['mirrored'] or '-'}  upstream {st['upstream']}  {mark}")
@@ -382,8 +465,13 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
 
 
 def main() -> None:
+    from . import cli_history  # noqa: F401  (registers its commands)
+
     cli(obj={})
 
 
 if __name__ == "__main__":
-    main()
+    # run the commands of the imported module (where cli_history registers), not of __main__
+    from hubmirror.cli import main as _main
+
+    _main()

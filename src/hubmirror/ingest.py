@@ -22,6 +22,7 @@ import pathspec
 from .catalog import Catalog, RefUpdate
 from .catalog.catalog import branch_ref
 from .errors import InvalidInput, InvalidPath
+from .locks import GcLock
 from .model.entries import Commit, Entry, with_directories
 from .model.gitobj import LFS_THRESHOLD, git_blob_header, git_blob_sha1, git_commit_sha1, lfs_pointer
 from .model.names import RepoRef, validate_branch, validate_path
@@ -134,6 +135,7 @@ def import_folder(
     author: str = "hubmirror",
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    data_dir: Path | None = None,
 ) -> ImportResult:
     validate_branch(branch)
     folder = Path(folder)
@@ -157,8 +159,22 @@ def import_folder(
             e = Entry(rel, "file", sha1, size, sha256, False, None)
         return e, written
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-        results = list(pool.map(one, files))
+    gc_lock = GcLock(data_dir) if data_dir is not None else None
+    if gc_lock:
+        gc_lock.acquire()
+    try:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+            results = list(pool.map(one, files))
+        return _record(catalog, ref, folder, branch, message, author, results)
+    finally:
+        if gc_lock:
+            gc_lock.release()
+
+
+def _record(
+    catalog: Catalog, ref: RepoRef, folder: Path, branch: str, message: str | None, author: str,
+    results: list[tuple[Entry, int]],
+) -> ImportResult:
     file_entries = [e for e, _ in results]
     written = sum(w for _, w in results)
 

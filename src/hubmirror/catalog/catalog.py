@@ -18,6 +18,7 @@ from ..errors import Conflict, RevisionNotFound
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, RepoType, is_commit_sha
 from . import schema as t
+from .lifecycle import LifecycleQueries
 from .mirrors import MirrorQueries
 
 
@@ -46,7 +47,7 @@ def branch_ref(name: str) -> str:
     return name if name.startswith("refs/") else f"refs/heads/{name}"
 
 
-class Catalog(MirrorQueries):
+class Catalog(MirrorQueries, LifecycleQueries):
     def __init__(self, url: str) -> None:
         self.url = url
         is_sqlite = url.startswith("sqlite")

@@ -192,14 +192,17 @@ class MirrorQueries:
     def eviction_candidates(self, limit: int = 1000) -> list[tuple[str, int]]:
         """Blobs filled by pull-through, least recently used first, that no hosted or declared
         mirror's commit references (those are never evicted)."""
-        protected = (
+        protected = sa.union(
             sa.select(t.entries.c.sha256)
             .join(t.repos, t.repos.c.id == t.entries.c.repo)
-            .where(t.repos.c.origin.in_(["local", "mirror"]), t.entries.c.sha256.is_not(None))
+            .where(t.repos.c.origin.in_(["local", "mirror"]), t.entries.c.sha256.is_not(None)),
+            sa.select(t.entries.c.sha256)
+            .join(t.pins, sa.and_(t.pins.c.repo == t.entries.c.repo, t.pins.c.commit == t.entries.c.commit))
+            .where(t.entries.c.sha256.is_not(None)),
         )
         q = (
             sa.select(t.blob_access.c.sha256, t.blob_access.c.size)
-            .where(t.blob_access.c.proxied == sa.true(), t.blob_access.c.sha256.not_in(protected))
+            .where(t.blob_access.c.proxied == sa.true(), t.blob_access.c.sha256.not_in(sa.select(protected.subquery())))
             .order_by(t.blob_access.c.last_access)
             .limit(limit)
         )

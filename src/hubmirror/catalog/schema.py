@@ -142,3 +142,34 @@ blob_access = sa.Table(
     sa.Column("last_access", sa.DateTime, nullable=False),
     sa.Index("ix_blob_access_lru", "proxied", "last_access"),
 )
+
+# 0004: pins, audit log, upstream-gone marks
+pins = sa.Table(
+    "pins",
+    metadata,
+    sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("commit", sa.String(40), primary_key=True),
+    sa.Column("revision", sa.String(300), nullable=False),  # what was asked when pinning
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("repo_type", sa.String(16), nullable=True),
+    sa.Column("repo_id", sa.String(200), nullable=True),
+    sa.Column("detail", sa.Text, nullable=False, server_default="{}"),  # JSON
+    sa.Index("ix_audit_repo", "repo_type", "repo_id", "id"),
+)
+
+repo_gone = sa.Table(
+    "repo_gone",
+    metadata,
+    sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("since", sa.DateTime, nullable=False),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+)

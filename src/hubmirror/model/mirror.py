@@ -64,6 +64,9 @@ class MirrorSpec(BaseModel):
     exclude: list[str] = Field(default_factory=list)
     schedule: str = "1h"
     enabled: bool = True
+    frozen: bool = False  # no more syncs; what is mirrored stays served
+    keep_last: int | None = Field(None, ge=1, description="commits kept per branch by gc (None: all)")
+    keep_tags: bool = True  # gc keeps every commit a tag pointed to
 
     @field_validator("repo")
     @classmethod

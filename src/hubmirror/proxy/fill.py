@@ -30,6 +30,7 @@ from ..catalog import Catalog
 from ..catalog.catalog import utcnow
 from ..errors import DigestMismatch, HubMirrorError, SizeMismatch, StoreError
 from ..hub import HubClient
+from ..locks import GcLock
 from ..model.entries import Entry
 from ..model.gitobj import git_blob_header
 from ..model.names import RepoRef
@@ -165,7 +166,9 @@ class Filler:
     async def _run(self, fill: Fill, ref: RepoRef, commit: str, entry: Entry, keep: bool) -> None:
         writer = None
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fill")
+        gc_lock = GcLock(self.data_dir)
         try:
+            await asyncio.to_thread(gc_lock.acquire)
             writer = await asyncio.to_thread(self.store.writer)
             if writer.spool_path is not None:
                 # opened before any byte is written, so it stays valid through publish (rename) or
@@ -238,4 +241,5 @@ class Filler:
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
+            gc_lock.release()
             self._fills.pop(fill.key, None)

@@ -17,19 +17,26 @@ the sync cannot mix two snapshots; readers see the old commit until the transact
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import fnmatch
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..catalog import Catalog, RefUpdate, RepoRow
-from ..errors import DigestMismatch, HubMirrorError, RevisionNotFound, SizeMismatch, StoreError, UpstreamError
+from ..errors import (
+    DigestMismatch,
+    HubMirrorError,
+    RepoNotFound,
+    RevisionNotFound,
+    SizeMismatch,
+    StoreError,
+    UpstreamError,
+)
 from ..hub import HubClient
+from ..locks import GcLock, RepoLock
 from ..model.entries import Commit, Entry
 from ..model.gitobj import git_blob_header
 from ..model.mirror import MirrorSpec, is_pattern
@@ -44,6 +51,11 @@ VERIFY_ATTEMPTS = 3  # a file whose bytes do not verify is fetched again, at mos
 class SyncBusy(HubMirrorError):
     status = 409
     code = "SyncBusy"
+
+
+class Frozen(HubMirrorError):
+    status = 409
+    code = "MirrorFrozen"
 
 
 class Progress(Protocol):
@@ -100,32 +112,6 @@ def matches(path: str, include: list[str], exclude: list[str]) -> bool:
     return not any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + "/*") for p in exclude)
 
 
-class RepoLock:
-    """At most one sync per repo at a time, across processes (flock on a file in the data dir)."""
-
-    def __init__(self, data: Path, ref: RepoRef) -> None:
-        d = data / "locks"
-        d.mkdir(parents=True, exist_ok=True)
-        self.path = d / f"{ref.repo_type.value}--{ref.repo_id.replace('/', '--')}.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 class Syncer:
     def __init__(
         self,
@@ -144,15 +130,22 @@ class Syncer:
         self.parallel = parallel
         self.on_published = on_published
 
-    async def sync(self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None) -> SyncResult:
+    async def sync(
+        self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None, retag: bool = False
+    ) -> SyncResult:
         ref = spec.ref
+        if spec.frozen:
+            raise Frozen(f"mirror {ref} is frozen: it is served as it is and not synced (unfreeze it first)")
+        self.retag = retag
         lock = RepoLock(self.data, ref)
         if not await asyncio.to_thread(lock.acquire):
             raise SyncBusy(f"a sync of {ref} is already running")
         result = SyncResult(ref)
         calls0 = self.client.stats.calls
         result.run_id = await asyncio.to_thread(self.catalog.start_run, ref, trigger)
+        gc_lock = GcLock(self.data)
         try:
+            await asyncio.to_thread(gc_lock.acquire)  # waits while a gc sweeps
             await self._sync(spec, result, progress or _NoProgress())
             result.status = "synced" if any(r.status == "synced" for r in result.revisions) else "up-to-date"
         except HubMirrorError as e:
@@ -177,6 +170,7 @@ class Syncer:
                 upstream_calls=result.upstream_calls,
                 error=result.error,
             )
+            gc_lock.release()
             lock.release()
         return result
 
@@ -209,31 +203,57 @@ class Syncer:
 
     async def _sync(self, spec: MirrorSpec, result: SyncResult, progress: Progress) -> None:
         ref = spec.ref
-        wanted = await self.resolve_revisions(spec)
+        try:
+            wanted = await self.resolve_revisions(spec)
+        except RepoNotFound as e:
+            known = await asyncio.to_thread(self.catalog.get_repo, ref)
+            if known is not None and await asyncio.to_thread(self.catalog.mark_gone, known.pk, e.message):
+                await asyncio.to_thread(self.catalog.audit, "gone-upstream", ref, message=e.message)
+            if known is not None:
+                raise RepoNotFound(f"{ref} is gone upstream ({e.message}); everything mirrored stays served") from None
+            raise
         repo = await asyncio.to_thread(self.catalog.ensure_repo, ref, "mirror")
+        await asyncio.to_thread(self.catalog.clear_gone, repo.pk)
         if repo.origin == "proxy":  # a repo first pulled through, now declared: it is a mirror from now on
             repo = await asyncio.to_thread(self.catalog.set_origin, repo, "mirror")
         for revision, commit, refname in wanted:
+            current = (await asyncio.to_thread(self.catalog.refs, repo)).get(refname) if refname else None
+            repointed = (refname is not None and refname.startswith("refs/tags/") and current is not None
+                         and current != commit and not self.retag)
             known = await asyncio.to_thread(self.catalog.get_commit, repo, commit)
             if known is None:
-                await self._mirror_commit(spec, repo, commit, refname, result, progress)
+                # the commit is mirrored (addressable by sha) even when its tag is not moved
+                await self._mirror_commit(spec, repo, commit, refname, result, progress, move=not repointed)
                 status = "synced"
+                current = (await asyncio.to_thread(self.catalog.refs, repo)).get(refname) if refname else None
             else:
                 status = "up-to-date"
-            if refname is not None:
-                current = (await asyncio.to_thread(self.catalog.refs, repo)).get(refname)
-                if current != commit:
-                    await asyncio.to_thread(
-                        self.catalog.record_commit, repo, known or Commit(commit), [],
-                        [RefUpdate(refname, commit, expect=current)], f"sync ({result.run_id})",
-                    )
-                    status = "synced"
+            if repointed:
+                # a tag is a promise: keep ours, record the upstream's move, flag it in status
+                assert refname is not None
+                events = await asyncio.to_thread(self.catalog.audit_events, ref, "tag-repointed-upstream")
+                if not any(ev["detail"].get("tag") == refname and ev["detail"].get("upstream") == commit
+                           for ev in events):
+                    log.warning("%s: upstream re-pointed %s from %s to %s; keeping ours", ref, refname, current, commit)
+                    await asyncio.to_thread(self.catalog.audit, "tag-repointed-upstream", ref, tag=refname,
+                                            mirrored=current, upstream=commit)
+                result.revisions.append(RevisionResult(revision, str(current), "tag-kept"))
+                continue
+            if refname is not None and current != commit:
+                await asyncio.to_thread(
+                    self.catalog.record_commit, repo, known or Commit(commit), [],
+                    [RefUpdate(refname, commit, expect=current)], f"sync ({result.run_id})",
+                )
+                if refname.startswith("refs/tags/") and current is not None:
+                    await asyncio.to_thread(self.catalog.audit, "tag-moved", ref, tag=refname, old=current, new=commit)
+                status = "synced"
             result.revisions.append(RevisionResult(revision, commit, status))
         if self.on_published:
             self.on_published(ref)
 
     async def _mirror_commit(
-        self, spec: MirrorSpec, repo: RepoRow, commit: str, refname: str | None, result: SyncResult, progress: Progress
+        self, spec: MirrorSpec, repo: RepoRow, commit: str, refname: str | None, result: SyncResult, progress: Progress,
+        *, move: bool = True,
     ) -> None:
         ref = spec.ref
         listing = await self.client.tree(ref, commit)
@@ -286,10 +306,38 @@ class Syncer:
                 p = prev.get(e.path)
                 last = p.last_commit if p is not None and p.oid == e.oid and p.type == e.type else commit
                 entries.append(Entry(e.path, e.type, e.oid, e.size, e.sha256, e.lfs, e.pointer_size, last))
-            moves = [RefUpdate(refname, commit, expect=prev_sha)] if refname else []
+            moves = [RefUpdate(refname, commit, expect=prev_sha)] if refname and move else []
             self.catalog.record_commit(repo, info, entries, moves, reason=f"sync ({result.run_id})")
 
         await asyncio.to_thread(record)
+
+    async def complete(self, repo: RepoRow, commit: str, progress: Progress | None = None) -> int:
+        """Fetch every blob of an already recorded commit that the store lacks (pinning a
+        pulled-through or evicted commit). Returns how many files were fetched."""
+        progress = progress or _NoProgress()
+        gc_lock = GcLock(self.data)
+        await asyncio.to_thread(gc_lock.acquire)
+        try:
+            files = await asyncio.to_thread(self.catalog.list_entries, repo, commit, recursive=True, files_only=True)
+
+            def missing() -> list[Entry]:
+                out = []
+                for f in files:
+                    sha = f.sha256 or self.catalog.sha256_for_oid(f.oid)
+                    if not sha or self.store.stat(sha) is None:
+                        out.append(f)
+                return out
+
+            need = await asyncio.to_thread(missing)
+            progress.plan(len(need), sum(f.size for f in need))
+            for f in need:
+                e = await self._fetch(repo.ref, commit, f, progress)
+                if not f.lfs and e.sha256:
+                    await asyncio.to_thread(self.catalog.fill_sha256, f.oid, e.sha256)
+                progress.file_done(f.path)
+            return len(need)
+        finally:
+            gc_lock.release()
 
     async def _fetch(self, ref: RepoRef, commit: str, f: Entry, progress: Progress) -> Entry:
         last_error: Exception | None = None

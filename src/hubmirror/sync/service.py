@@ -77,7 +77,7 @@ class MirrorService:
         now = utcnow()
         for m in await asyncio.to_thread(self.catalog.list_mirrors):
             ref = m.spec.ref
-            if not m.spec.enabled or ref in self._running:
+            if not m.spec.enabled or m.spec.frozen or ref in self._running:
                 continue
             if m.next_run_at is None:
                 first = now + min(jitter(m.spec), timedelta(seconds=self.tick_seconds * 2))
@@ -98,7 +98,7 @@ class MirrorService:
         try:
             while True:
                 m = await asyncio.to_thread(self.catalog.get_mirror, ref)
-                if m is None or not m.spec.enabled:
+                if m is None or not m.spec.enabled or m.spec.frozen:
                     return
                 async with self._slots:
                     await self._check_and_sync(m, trigger)
@@ -192,6 +192,7 @@ def describe(m: MirrorRow, mirrored: dict[str, str]) -> dict[str, Any]:
         "enabled": m.spec.enabled,
         "schedule": m.spec.schedule,
         "revisions": m.spec.revisions,
+        "frozen": m.spec.frozen,
         "state": revs,
         "last_check": t(m.last_check_at),
         "last_sync": t(m.last_sync_at),

@@ -1,0 +1,5 @@
+"""`python -m hubmirror` = the `hubmirror` command."""
+
+from .cli import main
+
+main()

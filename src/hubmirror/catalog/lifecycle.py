@@ -1,0 +1,151 @@
+"""Catalog queries for pins, the audit log, repos gone upstream, retention and purge (mixed into Catalog)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..model.names import RepoRef
+from . import schema as t
+
+
+def _now() -> datetime:
+    from .catalog import utcnow
+
+    return utcnow()
+
+
+class LifecycleQueries:
+    engine: sa.Engine
+
+    # -- pins -------------------------------------------------------------------------------
+
+    def pin(self, repo_pk: int, commit: str, revision: str, note: str) -> bool:
+        with self.engine.begin() as c:
+            exists = c.execute(sa.select(t.pins.c.commit).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)).first()
+            if exists:
+                c.execute(sa.update(t.pins).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)
+                          .values(note=note or sa.literal_column("note"), revision=revision))
+                return False
+            c.execute(sa.insert(t.pins).values(repo=repo_pk, commit=commit, revision=revision, note=note, created_at=_now()))
+            return True
+
+    def unpin(self, repo_pk: int, commit: str) -> bool:
+        with self.engine.begin() as c:
+            return bool(c.execute(sa.delete(t.pins).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)).rowcount)
+
+    def pins(self) -> list[dict[str, Any]]:
+        q = (
+            sa.select(t.repos.c.repo_type, t.repos.c.repo_id, t.pins.c.commit, t.pins.c.revision, t.pins.c.note,
+                      t.pins.c.created_at)
+            .join(t.repos, t.repos.c.id == t.pins.c.repo)
+            .order_by(t.repos.c.repo_type, t.repos.c.repo_id, t.pins.c.created_at)
+        )
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q).all()]
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def audit(self, action: str, ref: RepoRef | None, **detail: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.insert(t.audit_log).values(
+                at=_now(), action=action, repo_type=ref.repo_type.value if ref else None,
+                repo_id=ref.repo_id if ref else None, detail=json.dumps(detail, default=str)))
+
+    def audit_events(self, ref: RepoRef | None = None, action: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(t.audit_log).order_by(t.audit_log.c.id)
+        if ref is not None:
+            q = q.where(t.audit_log.c.repo_type == ref.repo_type.value, t.audit_log.c.repo_id == ref.repo_id)
+        if action is not None:
+            q = q.where(t.audit_log.c.action == action)
+        with self.engine.connect() as c:
+            out = []
+            for r in c.execute(q).all():
+                d = dict(r._mapping)
+                d["detail"] = json.loads(d["detail"] or "{}")
+                out.append(d)
+            return out
+
+    # -- upstream gone ----------------------------------------------------------------------
+
+    def mark_gone(self, repo_pk: int, message: str) -> bool:
+        """True if this is news (the repo was not marked yet)."""
+        with self.engine.begin() as c:
+            if c.execute(sa.select(t.repo_gone.c.repo).where(t.repo_gone.c.repo == repo_pk)).first():
+                return False
+            c.execute(sa.insert(t.repo_gone).values(repo=repo_pk, since=_now(), message=message[:1000]))
+            return True
+
+    def clear_gone(self, repo_pk: int) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(t.repo_gone).where(t.repo_gone.c.repo == repo_pk))
+
+    def gone(self) -> dict[int, tuple[datetime, str]]:
+        with self.engine.connect() as c:
+            return {r.repo: (r.since, r.message) for r in c.execute(sa.select(t.repo_gone)).all()}
+
+    # -- retention, gc, purge ---------------------------------------------------------------
+
+    def all_commits(self) -> list[tuple[int, str, str]]:
+        """(repo pk, repo origin, commit sha) of every recorded commit."""
+        q = sa.select(t.commits.c.repo, t.repos.c.origin, t.commits.c.sha).join(t.repos, t.repos.c.id == t.commits.c.repo)
+        with self.engine.connect() as c:
+            return [(r.repo, r.origin, r.sha) for r in c.execute(q).all()]
+
+    def all_refs(self) -> list[tuple[int, str, str]]:
+        with self.engine.connect() as c:
+            return [(r.repo, r.name, r.commit) for r in c.execute(sa.select(t.refs)).all()]
+
+    def ref_log_all(self) -> list[tuple[int, str, str | None, datetime]]:
+        """(repo, ref name, new commit, at), oldest first."""
+        q = sa.select(t.ref_log.c.repo, t.ref_log.c.name, t.ref_log.c.new_commit, t.ref_log.c.at).order_by(t.ref_log.c.id)
+        with self.engine.connect() as c:
+            return [(r.repo, r.name, r.new_commit, r.at) for r in c.execute(q).all()]
+
+    def pinned_commits(self) -> set[tuple[int, str]]:
+        with self.engine.connect() as c:
+            return {(r.repo, r.commit) for r in c.execute(sa.select(t.pins.c.repo, t.pins.c.commit)).all()}
+
+    def delete_commits(self, commits: Iterable[tuple[int, str]]) -> int:
+        n = 0
+        with self.engine.begin() as c:
+            for repo, sha in commits:
+                c.execute(sa.delete(t.entries).where(t.entries.c.repo == repo, t.entries.c.commit == sha))
+                c.execute(sa.delete(t.upstream_info).where(t.upstream_info.c.repo == repo, t.upstream_info.c.commit == sha))
+                n += c.execute(sa.delete(t.commits).where(t.commits.c.repo == repo, t.commits.c.sha == sha)).rowcount
+        return n
+
+    def referenced_blobs(self) -> set[str]:
+        with self.engine.connect() as c:
+            return {r.sha256 for r in c.execute(
+                sa.select(t.entries.c.sha256).where(t.entries.c.sha256.is_not(None)).distinct()).all()}
+
+    def blobs_of_repo(self, repo_pk: int) -> set[str]:
+        with self.engine.connect() as c:
+            return {r.sha256 for r in c.execute(
+                sa.select(t.entries.c.sha256).where(t.entries.c.repo == repo_pk, t.entries.c.sha256.is_not(None))
+                .distinct()).all()}
+
+    def delete_repo(self, repo_pk: int) -> None:
+        with self.engine.begin() as c:
+            for table in (t.entries, t.upstream_info, t.pins, t.refs, t.ref_log, t.repo_gone):
+                c.execute(sa.delete(table).where(table.c.repo == repo_pk))
+            c.execute(sa.delete(t.commits).where(t.commits.c.repo == repo_pk))
+            c.execute(sa.delete(t.repos).where(t.repos.c.id == repo_pk))
+
+    def where_is(self, sha256: str) -> tuple[int, str, str, bool] | None:
+        """One (repo pk, commit, path, lfs) whose entry has this blob, to re-fetch it from the upstream."""
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.entries.c.repo, t.entries.c.commit, t.entries.c.path, t.entries.c.lfs)
+                          .where(t.entries.c.sha256 == sha256).limit(1)).first()
+        return (r.repo, r.commit, r.path, bool(r.lfs)) if r else None
+
+    def _repo_by_pk(self, pk: int) -> Any:
+        """The RepoRow of a primary key (for internal passes over every repo)."""
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.repos).where(t.repos.c.id == pk)).first()
+        return self._repo_row(r)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""History and lifecycle: pins, retention and gc, lock files, air-gapped bundles, purge, scrub."""

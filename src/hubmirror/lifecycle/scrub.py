@@ -1,0 +1,92 @@
+"""Scrub: re-hash every stored blob at a bounded rate, report the corrupt ones, remove them so
+they are never served, and fetch them again from the upstream when a repo there still has them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..catalog import Catalog
+from ..errors import HubMirrorError
+from ..hub import HubClient
+from ..locks import GcLock
+from ..store import BlobStore
+
+log = logging.getLogger("hubmirror.scrub")
+
+
+@dataclass
+class ScrubReport:
+    checked: int = 0
+    bytes: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {"checked": self.checked, "bytes": self.bytes, "corrupt": self.corrupt, "repaired": self.repaired,
+                "unrepaired": self.unrepaired}
+
+
+def _hash(store: BlobStore, sha: str, rate: float) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    t0 = time.monotonic()
+    for chunk in store.read(sha):
+        h.update(chunk)
+        n += len(chunk)
+        if rate > 0:
+            ahead = n / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    return h.hexdigest(), n
+
+
+async def scrub(
+    catalog: Catalog, store: BlobStore, data: Path, client: HubClient | None, *, rate: float, repair: bool
+) -> ScrubReport:
+    report = ScrubReport()
+    for sha in list(store.list()):
+        try:
+            actual, n = await asyncio.to_thread(_hash, store, sha, rate)
+        except FileNotFoundError:
+            continue  # deleted meanwhile (gc, eviction)
+        report.checked += 1
+        report.bytes += n
+        if actual == sha:
+            continue
+        log.error("blob %s is corrupt (hashes to %s); removing it", sha, actual)
+        report.corrupt.append(sha)
+        await asyncio.to_thread(store.delete, sha)
+        await asyncio.to_thread(catalog.audit, "scrub-corrupt", None, sha256=sha, actual=actual)
+        if not repair or client is None:
+            report.unrepaired[sha] = "repair not requested" if not repair else "no upstream"
+            continue
+        where = await asyncio.to_thread(catalog.where_is, sha)
+        if where is None:
+            report.unrepaired[sha] = "no catalog entry references it"
+            continue
+        repo_pk, commit, path, _lfs = where
+        repo = await asyncio.to_thread(catalog._repo_by_pk, repo_pk)
+        size = (await asyncio.to_thread(catalog.get_entry, repo, commit, path)).size
+        try:
+            with GcLock(data):
+                writer = await asyncio.to_thread(store.writer)
+                try:
+                    async def write(chunk: bytes) -> None:
+                        await asyncio.to_thread(writer.write, chunk)
+
+                    await client.download(repo.ref, commit, path, write, size)
+                    await asyncio.to_thread(writer.commit, sha, size)
+                except BaseException:
+                    writer.cancel()
+                    raise
+            report.repaired.append(sha)
+            await asyncio.to_thread(catalog.audit, "scrub-repaired", repo.ref, sha256=sha, path=path, commit=commit)
+        except HubMirrorError as e:
+            report.unrepaired[sha] = e.message
+    return report
