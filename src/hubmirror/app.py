@@ -111,10 +111,11 @@ class Metrics:
 
 def build_app(services: Services) -> web.Application:
     s = services.settings
-    client = s.hub_client()
+    upstream_slots = asyncio.Semaphore(s.upstream_max_concurrency)  # one cap for the whole server
+    client = s.hub_client(semaphore=upstream_slots)
     proxy: ProxyReader | None = None
     reader: LocalReader
-    proxy_client = s.hub_client(fail_fast=True)
+    proxy_client = s.hub_client(fail_fast=True, semaphore=upstream_slots)
     if s.proxy.enabled:
         filler = Filler(services.store, services.catalog, proxy_client, data_dir=s.data, min_free=int(s.proxy.min_free),
                         max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None)

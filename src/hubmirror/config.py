@@ -5,6 +5,7 @@ Loaded once by the entry point and passed down; nothing reads the environment el
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -114,7 +115,9 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         return self.data / "blobs"
 
-    def hub_client(self, upstream: str | None = None, *, fail_fast: bool = False) -> HubClient:
+    def hub_client(
+        self, upstream: str | None = None, *, fail_fast: bool = False, semaphore: asyncio.Semaphore | None = None
+    ) -> HubClient:
         """The upstream client. `fail_fast` is for requests a client waits on (pull-through):
         few retries and a short connect timeout, so that cached content is served quickly instead."""
         token = self.upstream_token.get_secret_value() if self.upstream_token else None
@@ -128,6 +131,7 @@ class Settings(BaseSettings):
             max_rate_limit_wait=5.0 if fail_fast else 300.0,
             connect_timeout=self.proxy.connect_timeout if fail_fast else 30.0,
             read_timeout=self.upstream_read_timeout,
+            semaphore=semaphore,
         )
 
 

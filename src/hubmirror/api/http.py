@@ -128,20 +128,9 @@ async def send_blob(
 ) -> web.StreamResponse:
     """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible."""
     status = 200
-    rng: ByteRange | None = None
-    if request.headers.get("If-None-Match") and _etag_in(etag, request.headers["If-None-Match"]):
-        resp = web.StreamResponse(status=304, headers={**headers, "ETag": f'"{etag}"'})
-        await resp.prepare(request)
-        return resp
-    if_range = request.headers.get("If-Range")
-    if if_range is None or _etag_in(etag, if_range):
-        try:
-            rng = parse_range(request.headers.get("Range"), size)
-        except RangeNotSatisfiable:
-            resp = web.StreamResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-            resp.content_length = 0
-            await resp.prepare(request)
-            return resp
+    rng, early = await _negotiate(request, size, headers, etag)
+    if early is not None:
+        return early
     start, end = (rng.start, rng.end) if rng else (0, size)
     count = end - start
     if rng is not None:
@@ -165,6 +154,26 @@ async def send_blob(
             await resp.write(chunk)
     await resp.write_eof()
     return resp
+
+
+async def _negotiate(
+    request: web.Request, size: int, headers: dict[str, str], etag: str
+) -> tuple[ByteRange | None, web.StreamResponse | None]:
+    """If-None-Match (304), If-Range and Range (416): the range to send, or a finished answer."""
+    if request.headers.get("If-None-Match") and _etag_in(etag, request.headers["If-None-Match"]):
+        resp = web.StreamResponse(status=304, headers={**headers, "ETag": f'"{etag}"'})
+        await resp.prepare(request)
+        return None, resp
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and not _etag_in(etag, if_range):
+        return None, None
+    try:
+        return parse_range(request.headers.get("Range"), size), None
+    except RangeNotSatisfiable:
+        resp = web.StreamResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        resp.content_length = 0
+        await resp.prepare(request)
+        return None, resp
 
 
 async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, start: int, count: int) -> None:
@@ -209,13 +218,9 @@ async def send_fill(
         if fill.error is not None:
             raise fill.error
         return await send_blob(request, store, fill.sha256, size, headers, etag)
-    try:
-        rng = parse_range(request.headers.get("Range"), size)
-    except RangeNotSatisfiable:
-        resp = web.StreamResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-        resp.content_length = 0
-        await resp.prepare(request)
-        return resp
+    rng, early = await _negotiate(request, size, headers, etag)
+    if early is not None:
+        return early
     start, end = (rng.start, rng.end) if rng else (0, size)
     await fill.wait_for(min(size, start + 1))
     if fill.error is not None:

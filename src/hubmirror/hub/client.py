@@ -96,11 +96,13 @@ class HubClient:
         max_rate_limit_wait: float = 300.0,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
+        semaphore: asyncio.Semaphore | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._origin = _origin(self.base_url)
         self._token = token
-        self._sem = asyncio.Semaphore(max_concurrency)
+        # shared between the clients of one process, so the cap on upstream requests is global
+        self._sem = semaphore or asyncio.Semaphore(max_concurrency)
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max

@@ -129,6 +129,7 @@ class Syncer:
         self.data = data
         self.parallel = parallel
         self.on_published = on_published
+        self.retag = False
 
     async def sync(
         self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None, retag: bool = False
