@@ -354,3 +354,21 @@ def test_real_client_never_keeps_corrupt_bytes_from_a_bad_upstream(hub: FakeHub,
         sound(tmp_path / "d")
     finally:
         s.stop()
+
+
+def test_datasets_load_dataset_through_a_cold_mirror(hub: FakeHub, tmp_path: Path) -> None:
+    csv = "text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(30))
+    hub.commit("acme/cold-ds", {"README.md": b"# ds\n", "data/train.csv": csv.encode()}, repo_type="dataset")
+    s = proxy_server(tmp_path / "d", hub)
+    try:
+        out = run_client(
+            """
+            import datasets
+            ds = datasets.load_dataset("acme/cold-ds", split="train")
+            out({"rows": ds.num_rows, "first": ds[0]})
+            """,
+            s.url, tmp_path / "hf",
+        )
+        assert out == {"rows": 30, "first": {"text": "row 0", "label": 0}}, out
+    finally:
+        s.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -365,3 +366,38 @@ def test_snapshot_download_during_a_sync_sees_one_snapshot(hub: FakeHub, tmp_pat
         gate.set()
         t.join()
         s.stop()
+
+
+def test_kill_9_mid_sync_loses_nothing_and_the_rerun_resumes(hub: FakeHub, tmp_path: Path) -> None:
+    files = {f"f{i}.bin": os.urandom(200_000) for i in range(8)}
+    hub.commit("acme/killed", files)
+    data = tmp_path / "d"
+    for i in range(4, 8):  # the last files trickle in, so the process dies with some published, some not
+        hub.fault("slow", f"/blob/{hashlib.sha256(files[f'f{i}.bin']).hexdigest()}", times=1, delay=0.5)
+    env = {**os.environ, "HUBMIRROR_SYNC_PARALLEL": "1", "HUBMIRROR_UPSTREAM_BACKOFF": "0.01"}
+    p = subprocess.Popen([sys.executable, "-m", "hubmirror", "sync", "acme/killed", "--data", str(data),
+                          "--upstream", hub.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = LocalBlobStore(data / "blobs")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list(store.list())) < 3:
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    published = set(store.list())
+    assert 3 <= len(published) < 8
+    cat = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
+    repo = cat.get_repo(RepoRef(RepoType.MODEL, "acme/killed"))
+    assert repo is None or cat.refs(repo) == {}  # the ref never moved to a half-fetched commit
+    cat.close()
+    blobs_are_sound(data)
+    time.sleep(1.5)  # the fake notices the dead connection of its slow response
+    hub.reset_counters()
+    rerun = subprocess.run([sys.executable, "-m", "hubmirror", "sync", "acme/killed", "--data", str(data),
+                            "--upstream", hub.url, "--json"], env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    res = json.loads(rerun.stdout)
+    assert res["status"] == "synced" and res["files_reused"] == len(published)
+    assert hub.file_bytes("acme/killed") == sum(len(files[f]) for f in files
+                                                if hashlib.sha256(files[f]).hexdigest() not in published)
+    assert list((data / "blobs" / "tmp").iterdir()) == []  # the killed run's partial file was swept
+    blobs_are_sound(data)

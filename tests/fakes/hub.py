@@ -333,19 +333,17 @@ class FakeHub:
         chunk = 64 * 1024
         while sent < len(body):
             if cut is not None and sent >= int(cut.params.get("at", len(body) // 2)):
-                with self._lock:
-                    self.bytes_served[key] += sent
                 assert request.transport is not None
                 request.transport.close()
                 return resp
             n = min(chunk, len(body) - sent)
             if cut is not None:
                 n = min(n, max(1, int(cut.params.get("at", len(body) // 2)) - sent))
+            with self._lock:  # counted as handed to the socket, before the client can see them
+                self.bytes_served[key] += n
             await resp.write(bytes(body[sent : sent + n]))
             sent += n
             if slow is not None:
                 await asyncio.sleep(float(slow.params.get("delay", 0.05)))
-        with self._lock:
-            self.bytes_served[key] += sent
         await resp.write_eof()
         return resp
