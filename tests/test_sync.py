@@ -401,3 +401,37 @@ def test_kill_9_mid_sync_loses_nothing_and_the_rerun_resumes(hub: FakeHub, tmp_p
                                                 if hashlib.sha256(files[f]).hexdigest() not in published)
     assert list((data / "blobs" / "tmp").iterdir()) == []  # the killed run's partial file was swept
     blobs_are_sound(data)
+
+
+def test_redirects_are_bounded_and_http_only(hub: FakeHub, tmp_path: Path) -> None:
+    hub.commit("acme/redir", {"a.txt": b"a"})
+    hub.fault("redirect", "/acme/redir/resolve/*", times=100)  # a redirect loop onto itself
+    with pytest.raises(UpstreamError, match="more than 5 redirects"):
+        run_sync(tmp_path / "d", hub.url, "acme/redir")
+    hub.faults.clear()
+    hub.fault("redirect", "/acme/redir/resolve/*", times=1, location="file:///etc/passwd")
+    with pytest.raises(UpstreamError, match="non-http"):
+        run_sync(tmp_path / "d", hub.url, "acme/redir")
+    hub.faults.clear()
+    assert run_sync(tmp_path / "d", hub.url, "acme/redir").status == "synced"
+
+
+def test_one_sync_per_repo_at_a_time(hub: FakeHub, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    hub.commit("acme/busy", {"w.bin": data})
+    gate = threading.Event()
+    hub.fault("hook", "/blob/*", times=1, fn=lambda: gate.wait(30))
+    first: list[Any] = []
+    t = threading.Thread(target=lambda: first.append(run_sync(tmp_path / "d", hub.url, "acme/busy")))
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not any(p.startswith("/blob/") for _, p in list(hub.calls)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p = subprocess.run([sys.executable, "-m", "hubmirror", "sync", "acme/busy", "--data", str(tmp_path / "d"),
+                            "--upstream", hub.url], capture_output=True, text=True)
+        assert p.returncode == 1 and "already running" in p.stderr
+    finally:
+        gate.set()
+        t.join()
+    assert first[0].status == "synced"

@@ -14,6 +14,7 @@ HubMirrorError
 ├── Unauthorized                 401
 ├── GatedRepo                    401/403 X-Error-Code: GatedRepo
 ├── UpstreamError                502  the upstream answered something unusable
+│   ├── UpstreamBadBody               a body of the wrong length (worth fetching again)
 │   └── UpstreamUnavailable      503  unreachable, timing out, 5xx or 429 after retries
 ├── ConfigError                  bad settings file or environment
 └── StoreError                   the blob store refused or failed
@@ -92,6 +93,10 @@ class GatedRepo(HubMirrorError):
 class UpstreamError(HubMirrorError):
     status = 502
     code = "UpstreamError"
+
+
+class UpstreamBadBody(UpstreamError):
+    pass
 
 
 class UpstreamUnavailable(UpstreamError):

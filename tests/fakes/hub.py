@@ -51,7 +51,7 @@ class FakeRepo:
 
 @dataclass
 class Fault:
-    kind: str  # status | cut | flip | slow | hook
+    kind: str  # status | cut | flip | slow | hook | redirect
     match: str  # glob on the request path
     times: int
     params: dict[str, Any]
@@ -181,6 +181,10 @@ class FakeHub:
             status = int(f.params.get("status", 500))
             headers = dict(f.params.get("headers", {}))
             return web.Response(status=status, text=f"injected {status}", headers=headers)
+        f = self._take_fault(path, ("redirect",))
+        if f is not None:
+            loc = str(f.params.get("location", request.raw_path))
+            return web.Response(status=302, headers={"Location": loc})
         f = self._take_fault(path, ("hook",))
         if f is not None:
             f.params["fn"]()

@@ -34,6 +34,7 @@ from ..errors import (
     InvalidInput,
     RepoNotFound,
     RevisionNotFound,
+    UpstreamBadBody,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -348,7 +349,7 @@ class HubClient:
                     await asyncio.sleep(min(self.backoff_max, self.backoff_base * resumes * random.random()))
                     continue
                 if progress.n != expected_size:
-                    raise UpstreamError(f"{ref}/{path}: upstream sent {progress.n} bytes, expected {expected_size}")
+                    raise UpstreamBadBody(f"{ref}/{path}: upstream sent {progress.n} bytes, expected {expected_size}")
                 return progress.n
 
     async def _download_once(
@@ -393,7 +394,7 @@ class HubClient:
                     chunk = chunk[skip:]
                     skip = 0
                 if progress.n + len(chunk) > expected:
-                    raise UpstreamError(f"{what}: upstream sent more than the expected {expected} bytes")
+                    raise UpstreamBadBody(f"{what}: upstream sent more than the expected {expected} bytes")
                 await write(chunk)
                 progress.n += len(chunk)  # counted as soon as written: a cut resumes exactly here
                 self.stats.bytes += len(chunk)

@@ -33,7 +33,7 @@ from ..errors import (
     RevisionNotFound,
     SizeMismatch,
     StoreError,
-    UpstreamError,
+    UpstreamBadBody,
 )
 from ..hub import HubClient
 from ..locks import GcLock, RepoLock
@@ -371,11 +371,9 @@ class Syncer:
                 writer.cancel()
                 last_error = e
                 log.warning("%s/%s failed verification (%s); fetching again", ref, f.path, e)
-            except UpstreamError as e:
+            except UpstreamBadBody as e:
                 writer.cancel()
-                if type(e) is not UpstreamError:  # unavailable after retries: give up now
-                    raise
-                last_error = e  # wrong length or shape: fetch again
+                last_error = e  # wrong length: fetch again
                 log.warning("%s/%s: %s; fetching again", ref, f.path, e)
             except BaseException:
                 writer.cancel()
