@@ -121,7 +121,9 @@ class Filler:
         fill = self._fills.get(key)
         if fill is not None:
             return fill
-        await asyncio.to_thread(self._make_room, entry.size)
+        if self.max_bytes is not None and entry.size > self.max_bytes:
+            keep = False  # larger than the whole budget: stream it through, verified, without keeping it
+        await asyncio.to_thread(self._make_room, entry.size, keep)
         fill = self._fills.get(key)  # another request may have started it meanwhile
         if fill is not None:
             return fill
@@ -138,14 +140,15 @@ class Filler:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _make_room(self, size: int) -> None:
-        """Free-space check before a fill: evict least recently used pulled-through blobs if needed."""
+    def _make_room(self, size: int, keep: bool) -> None:
+        """Free-space check before a fill: evict least recently used pulled-through blobs if needed.
+        A fill that is not kept still spools to disk, so it needs the space but not the budget."""
         def free() -> int:
             return shutil.disk_usage(self.data_dir).free
 
         need_free = size + self.min_free
         over_budget = 0
-        if self.max_bytes is not None:
+        if self.max_bytes is not None and keep:
             over_budget = self.catalog.proxied_bytes() + size - self.max_bytes
         if free() >= need_free and over_budget <= 0:
             return
@@ -160,8 +163,6 @@ class Filler:
             raise InsufficientStorage(
                 f"not enough disk space to fetch {size} bytes (free {free()}, keeping {self.min_free} free)"
             )
-        if self.max_bytes is not None and size > self.max_bytes:
-            raise InsufficientStorage(f"file of {size} bytes is larger than the pull-through budget {self.max_bytes}")
 
     async def _run(self, fill: Fill, ref: RepoRef, commit: str, entry: Entry, keep: bool) -> None:
         writer = None

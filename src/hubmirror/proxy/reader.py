@@ -126,15 +126,16 @@ class ProxyReader(LocalReader):
         try:
             info = await self.client.repo_info(ref, revision)
         except (RepoNotFound, RevisionNotFound) as e:
-            self._negative[(ref, revision)] = (e, time.monotonic() + self.negative_ttl)
-            raise type(e)(_client_message(e, ref, revision)) from None
+            err = type(e)(_client_message(e, ref, revision))
+            self._remember_negative(ref, revision, err)
+            raise err from None
         except GatedRepo as e:
             raise GatedRepo(f"{ref} is gated upstream: {e.message}") from None
         except UpstreamError as e:  # unreachable, 5xx, 429 after retries, garbage
             return await self._stale(ref, repo, revision, e.message)
         if (info.get("private") or info.get("gated")) and not self.allow_gated:
             err = GatedRepo(f"{ref} is private or gated upstream; this mirror does not pull such repos through")
-            self._negative[(ref, revision)] = (err, time.monotonic() + self.negative_ttl)
+            self._remember_negative(ref, revision, err)
             raise err
         sha = str(info["sha"])
         repo = await self._run(self.catalog.ensure_repo, ref, "proxy")
@@ -152,8 +153,18 @@ class ProxyReader(LocalReader):
             if current != sha:
                 await self._run(self.catalog.set_ref, repo, refname, sha, "pull-through")
         ttl = float("inf") if is_commit_sha(revision) else self.branch_ttl
+        if len(self._checked) > 100_000:
+            self._checked.clear()
         self._checked[(repo.pk, revision)] = time.monotonic() + ttl
         return repo, sha, None
+
+    def _remember_negative(self, ref: RepoRef, revision: str, err: HubMirrorError) -> None:
+        if len(self._negative) > 100_000:  # bounded: a scan of random names must not grow memory
+            now = time.monotonic()
+            self._negative = {k: v for k, v in self._negative.items() if v[1] > now}
+            if len(self._negative) > 100_000:
+                self._negative.clear()
+        self._negative[(ref, revision)] = (err, time.monotonic() + self.negative_ttl)
 
     def _record(self, repo: RepoRow, sha: str, info: dict[str, Any], listing: list[Entry], refname: str | None) -> None:
         entries = []
