@@ -269,7 +269,7 @@ def import_bundle(
             ref = RepoRef(RepoType.parse(r["repo_type"]), r["repo_id"])
             repo = catalog.ensure_repo(ref, r["origin"] if r["origin"] != "proxy" else "mirror")
             for c in r["commits"]:
-                entries = [Entry(e[0], e[1], e[2], e[3], e[4], bool(e[5]), e[6], e[7]) for e in c["entries"]]
+                entries = [Entry(x[0], x[1], x[2], x[3], x[4], bool(x[5]), x[6], x[7]) for x in c["entries"]]
                 commit = Commit(c["sha"], c["parents"], c["title"], c["message"], c["author"],
                                 datetime.fromisoformat(c["date"]), c["tree"])
                 catalog.record_commit(repo, commit, entries, [], reason="import-bundle")

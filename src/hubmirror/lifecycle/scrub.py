@@ -72,7 +72,11 @@ async def scrub(
             continue
         repo_pk, commit, path, _lfs = where
         repo = await asyncio.to_thread(catalog._repo_by_pk, repo_pk)
-        size = (await asyncio.to_thread(catalog.get_entry, repo, commit, path)).size
+        entry = await asyncio.to_thread(catalog.get_entry, repo, commit, path)
+        if entry is None:
+            report.unrepaired[sha] = "no catalog entry references it"
+            continue
+        size = entry.size
         try:
             with GcLock(data):
                 writer = await asyncio.to_thread(store.writer)

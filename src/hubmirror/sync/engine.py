@@ -207,10 +207,10 @@ class Syncer:
         try:
             wanted = await self.resolve_revisions(spec)
         except RepoNotFound as e:
-            known = await asyncio.to_thread(self.catalog.get_repo, ref)
-            if known is not None and await asyncio.to_thread(self.catalog.mark_gone, known.pk, e.message):
+            mirrored = await asyncio.to_thread(self.catalog.get_repo, ref)
+            if mirrored is not None and await asyncio.to_thread(self.catalog.mark_gone, mirrored.pk, e.message):
                 await asyncio.to_thread(self.catalog.audit, "gone-upstream", ref, message=e.message)
-            if known is not None:
+            if mirrored is not None:
                 raise RepoNotFound(f"{ref} is gone upstream ({e.message}); everything mirrored stays served") from None
             raise
         repo = await asyncio.to_thread(self.catalog.ensure_repo, ref, "mirror")
