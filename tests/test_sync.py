@@ -279,12 +279,17 @@ def test_upstream_token_goes_to_the_upstream_only(tmp_path: Path) -> None:
     try:
         files = files_v1()
         hub.commit("acme/private", files)
+        hub.repos[("model", "acme/private")].private = True
         with pytest.raises(RepoNotFound):
             run_sync(tmp_path / "d0", hub.url, "acme/private")  # no token: the Hub says not found
         hub.reset_counters()
         env = {**os.environ, "HUBMIRROR_UPSTREAM_TOKEN": "hf_secret_upstream_token"}
-        p = subprocess.run([sys.executable, "-m", "hubmirror", "sync", "acme/private", "--data",
-                            str(tmp_path / "d"), "--upstream", hub.url], capture_output=True, text=True, env=env)
+        cmd = [sys.executable, "-m", "hubmirror", "sync", "acme/private", "--data", str(tmp_path / "d"),
+               "--upstream", hub.url]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        # private upstream content would be served to anyone: refused unless the operator opts in
+        assert p.returncode == 1 and "private or gated" in p.stderr and "allow_gated" in p.stderr
+        p = subprocess.run([*cmd, "--allow-gated"], capture_output=True, text=True, env=env)
         assert p.returncode == 0, p.stderr
         assert "hf_secret_upstream_token" not in p.stdout + p.stderr
         cdn = [auth for origin, auth in hub.auth_seen if origin == hub.cdn_url]

@@ -204,10 +204,12 @@ def _mirror_spec(repo_id: str, repo_type: str, revisions: tuple[str, ...], inclu
 @click.option("--lock", "lock_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Mirror exactly the commits and files a lock file names (REPO_ID is then omitted).")
 @click.option("--retag", is_flag=True, help="Follow tags the upstream re-pointed (default: keep ours, flag it).")
+@click.option("--allow-gated", is_flag=True,
+              help="Mirror a private or gated upstream repo although the mirror serves it to anyone.")
 @click.pass_context
 def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisions: tuple[str, ...],
          include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, upstream: str | None,
-         as_json: bool, lock_file: Path | None, retag: bool) -> None:
+         as_json: bool, lock_file: Path | None, retag: bool, allow_gated: bool) -> None:
     """Mirror REPO_ID from the upstream: fetch only missing files, verify, switch atomically.
 
     Without --revision/--include/--exclude, a declared mirror's settings are used.
@@ -224,7 +226,7 @@ def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisio
     if lock_file is not None:
         if repo_id:
             raise HubMirrorError("give either REPO_ID or --lock, not both")
-        _sync_lock(s, services, lock_file, as_json)
+        _sync_lock(s, services, lock_file, as_json, allow_gated)
         return
     if not repo_id:
         raise HubMirrorError("give REPO_ID (or --lock FILE)")
@@ -236,6 +238,8 @@ def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisio
     else:
         spec = _mirror_spec(repo_id, repo_type or (declared.spec.type.value if declared else "model"),
                             revisions, include, exclude)
+    if allow_gated:
+        spec = spec.model_copy(update={"allow_gated": True})
     progress = _TqdmProgress(f"sync {RepoRef(RepoType(spec.type), spec.repo)}", as_json or not sys.stderr.isatty())
 
     async def run() -> Any:
@@ -263,7 +267,7 @@ def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisio
                f"files ({result.bytes_reused} bytes), {result.upstream_calls} upstream calls")
 
 
-def _sync_lock(s: Settings, services: Any, lock_file: Path, as_json: bool) -> None:
+def _sync_lock(s: Settings, services: Any, lock_file: Path, as_json: bool, allow_gated: bool) -> None:
     """Mirror exactly what a lock names: each locked commit, only its locked files, checked by sha256."""
     import asyncio
 
@@ -314,14 +318,16 @@ def mirror() -> None:
 @click.option("--exclude", multiple=True, help="Skip files matching this glob; repeatable.")
 @click.option("--schedule", default="1h", show_default=True, help="Interval (30m, 6h, 1d) or cron expression.")
 @click.option("--disabled", is_flag=True, help="Declare it but do not sync it yet.")
+@click.option("--allow-gated", is_flag=True, help="Allow a private or gated upstream repo (served to anyone).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
 @click.pass_context
 def mirror_add(ctx: click.Context, repo_id: str, repo_type: str, revisions: tuple[str, ...], include: tuple[str, ...],
-               exclude: tuple[str, ...], schedule: str, disabled: bool, data: Path | None) -> None:
+               exclude: tuple[str, ...], schedule: str, disabled: bool, allow_gated: bool, data: Path | None) -> None:
     """Declare (or update) a mirror of REPO_ID."""
     from .app import open_services
 
-    spec = _mirror_spec(repo_id, repo_type, revisions, include, exclude, schedule=schedule, enabled=not disabled)
+    spec = _mirror_spec(repo_id, repo_type, revisions, include, exclude, schedule=schedule, enabled=not disabled,
+                        allow_gated=allow_gated)
     services = open_services(_settings(ctx, data=data))
     existing = services.catalog.get_mirror(spec.ref)
     if existing is not None and existing.source == "config":

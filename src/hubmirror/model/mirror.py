@@ -67,6 +67,9 @@ class MirrorSpec(BaseModel):
     frozen: bool = False  # no more syncs; what is mirrored stays served
     keep_last: int | None = Field(None, ge=1, description="commits kept per branch by gc (None: all)")
     keep_tags: bool = True  # gc keeps every commit a tag pointed to
+    # A private or gated upstream repo, read with the server's token, would be served to anyone who
+    # can reach the mirror: refused unless the operator says so for this mirror.
+    allow_gated: bool = False
 
     @field_validator("repo")
     @classmethod

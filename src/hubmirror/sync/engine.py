@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..catalog import Catalog, RefUpdate, RepoRow
 from ..errors import (
     DigestMismatch,
+    GatedRepo,
     HubMirrorError,
     RepoNotFound,
     RevisionNotFound,
@@ -257,6 +258,11 @@ class Syncer:
         *, move: bool = True,
     ) -> None:
         ref = spec.ref
+        if not spec.allow_gated:
+            info = await self.client.repo_info(ref, commit)
+            if info.get("private") or info.get("gated"):
+                raise GatedRepo(f"{ref} is private or gated upstream: mirroring it would serve it to anyone who "
+                                f"can reach this mirror; set allow_gated = true on this mirror to do so anyway")
         listing = await self.client.tree(ref, commit)
         files = [e for e in listing if e.is_file and matches(e.path, spec.include, spec.exclude)]
         keep_dirs = {"/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)}
