@@ -284,8 +284,9 @@ def _sync_lock(s: Settings, services: Any, lock_file: Path, as_json: bool, allow
         async with s.hub_client() as client:
             syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel)
             for r in lockfile.load(lock_file):
+                # a locked repo with no files: a control character never matches a valid path
                 spec = MirrorSpec(repo=r.ref.repo_id, type=r.ref.repo_type, revisions=[r.commit],
-                                  include=[literal(f.path) for f in r.files] or ["\x00none"])
+                                  include=[literal(f.path) for f in r.files] or ["\x01"], allow_gated=allow_gated)
                 res = await syncer.sync(spec, trigger="lock")
                 repo = services.catalog.get_repo(r.ref)
                 got = {e.path: e for e in services.catalog.list_entries(repo, r.commit, recursive=True, files_only=True)}
