@@ -83,6 +83,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
                f"(HF_ENDPOINT=http://{'localhost' if s.host in ('0.0.0.0', '127.0.0.1') else s.host}:{s.port})",
                err=True)
     web.run_app(app, host=s.host, port=s.port, print=None,
+                access_log=logging.getLogger("aiohttp.access") if s.access_log else None,
                 access_log_format='%a "%r" %s %b %Tfs "%{User-Agent}i"')
 
 

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, description="URL clients use to reach this server (for links)")
     trust_forwarded_headers: bool = Field(True, description="use X-Forwarded-Proto/Host/Prefix for links")
     log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
+    access_log: bool = Field(True, description="one log line per request")
 
     # upstream client
     upstream_max_concurrency: int = Field(8, ge=1, le=256, description="upstream requests in flight, at most")

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from ..errors import EntryNotFound, HubMirrorError, InvalidInput
+from ..errors import EntryNotFound, HubMirrorError, InvalidInput, StoreError
 from ..store import BlobStore
 
 EXPOSE = (
@@ -178,7 +178,10 @@ async def _negotiate(
 
 async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, start: int, count: int) -> None:
     loop = asyncio.get_running_loop()
-    fh = await loop.run_in_executor(None, open, path, "rb")
+    try:
+        fh = await loop.run_in_executor(None, open, path, "rb")
+    except FileNotFoundError:
+        raise StoreError(f"blob {path.name} is missing from the store (deleted by hand? run hubmirror scrub)") from None
     try:
         await resp.prepare(request)
         transport = request.transport

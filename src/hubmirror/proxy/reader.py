@@ -213,14 +213,12 @@ class ProxyReader(LocalReader):
 
     async def open_blob(self, hit: FileHit, *, head: bool) -> BlobSource:
         e = hit.entry
+        if head or hit.repo.origin != "proxy":
+            return BlobSource(e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
         if e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None:
             if hit.repo.origin == "proxy":
                 self._access[e.sha256] = (e.size, True, utcnow())
             return BlobSource(e.sha256)
-        if head:
-            return BlobSource(e.sha256)  # metadata is known; bytes are fetched on GET
-        if hit.repo.origin != "proxy":
-            raise HubMirrorError(f"{hit.repo.ref}/{e.path}: blob {e.sha256} is missing from the store")
         fill = self.filler.active(e)
         if fill is None:
             if self.offline:
