@@ -154,9 +154,9 @@ class Syncer:
             result.status = "failed"
             result.error = e.message
             raise
-        except Exception as e:
+        except BaseException as e:  # also cancellation (server shutdown) and Ctrl-C: never left "running"
             result.status = "failed"
-            result.error = f"{e.__class__.__name__}: {e}"
+            result.error = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
             raise
         finally:
             result.upstream_calls = self.client.stats.calls - calls0
