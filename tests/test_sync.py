@@ -402,6 +402,9 @@ def test_kill_9_mid_sync_loses_nothing_and_the_rerun_resumes(hub: FakeHub, tmp_p
     assert rerun.returncode == 0, rerun.stderr
     res = json.loads(rerun.stdout)
     assert res["status"] == "synced" and res["files_reused"] == len(published)
+    cat = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
+    assert [r["status"] for r in cat.runs(RepoRef(RepoType.MODEL, "acme/killed"))] == ["synced", "interrupted"]
+    cat.close()
     assert hub.file_bytes("acme/killed") == sum(len(files[f]) for f in files
                                                 if hashlib.sha256(files[f]).hexdigest() not in published)
     assert list((data / "blobs" / "tmp").iterdir()) == []  # the killed run's partial file was swept

@@ -104,6 +104,16 @@ class MirrorQueries:
             )
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
+    def close_interrupted_runs(self, ref: RepoRef) -> int:
+        """Runs still marked running while we hold the repo's sync lock died (kill -9, power loss)."""
+        with self.engine.begin() as c:
+            return int(c.execute(
+                sa.update(t.sync_runs)
+                .where(t.sync_runs.c.repo_type == ref.repo_type.value, t.sync_runs.c.repo_id == ref.repo_id,
+                       t.sync_runs.c.status == "running")
+                .values(status="interrupted", error="the process running it stopped")
+            ).rowcount)
+
     def finish_run(self, run_id: int, **values: Any) -> None:
         if "commits" in values:
             values["commits"] = json.dumps(values["commits"])

@@ -144,6 +144,7 @@ class Syncer:
             raise SyncBusy(f"a sync of {ref} is already running")
         result = SyncResult(ref)
         calls0 = self.client.stats.calls
+        await asyncio.to_thread(self.catalog.close_interrupted_runs, ref)
         result.run_id = await asyncio.to_thread(self.catalog.start_run, ref, trigger)
         gc_lock = GcLock(self.data)
         try:
