@@ -40,6 +40,7 @@ def cases() -> list[tuple[str, str, str, bytes | None, str]]:
             ("GET", f"/api/models/{target}/refs", "", None, "repo id"),
             ("GET", f"/api/models/{target}/commits/main", "", None, "repo id"),
             ("POST", f"/api/models/{target}/paths-info/main", "form", b"paths=a", "repo id"),
+            ("GET", f"/api/mirror/models/{target}/check-update", "", None, "repo id"),
         ]
     for rev in BAD_REVISIONS:
         out += [
@@ -49,6 +50,7 @@ def cases() -> list[tuple[str, str, str, bytes | None, str]]:
             ("GET", f"/api/models/acme/tiny/tree/{rev}", "", None, "revision"),
             ("GET", f"/api/models/acme/tiny/commits/{rev}", "", None, "revision"),
             ("POST", f"/api/models/acme/tiny/paths-info/{rev}", "form", b"paths=a", "revision"),
+            ("GET", f"/api/mirror/models/acme/tiny/check-update?revision={rev}", "", None, "revision"),
         ]
     for p in BAD_FILE_PATHS:
         out += [

@@ -99,6 +99,8 @@ def test_cold_warm_and_upstream_stopped_with_the_real_client(hub: FakeHub, tmp_p
         r = raw(s.url, "GET", "/acme/never-seen/resolve/main/config.json")
         assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound"
         assert "cannot be reached" in r.json()["error"]
+        up = urlsplit(hub.url)
+        assert f"{up.hostname}:{up.port}" not in r.body.decode() + str(r.headers)  # never names the upstream
         sound(tmp_path / "d")
     finally:
         s.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -13,7 +14,7 @@ from ..errors import HubMirrorError, InvalidInput, NotFound, Unauthorized
 from ..model.names import RepoType, validate_revision
 from ..sync.service import MirrorService
 from .http import json_response
-from .routing import _repo, decode_segment
+from .routing import _repo
 
 
 class Forbidden(HubMirrorError):
@@ -36,7 +37,11 @@ class MirrorApi:
             if request.method != "GET":
                 raise web.HTTPMethodNotAllowed(request.method, ["GET"])
             ref = _repo(segs[2:-1], RepoType.parse(segs[1]))
-            rev = validate_revision(decode_segment(request.rel_url.query.get("revision", "main"), "revision"))
+            try:  # from the raw query: aiohttp's decoded one replaces invalid UTF-8 instead of refusing it
+                query = dict(parse_qsl(request.rel_url.raw_query_string, errors="strict"))
+            except UnicodeDecodeError:
+                raise InvalidInput("invalid revision: not valid UTF-8 after percent-decoding") from None
+            rev = validate_revision(query.get("revision", "main"))
             return json_response(await self.service.check_update(ref, rev))
         raise NotFound(f"no such API route: /api/{'/'.join(segs)[:200]}")
 

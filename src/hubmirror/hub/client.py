@@ -163,7 +163,10 @@ class HubClient:
                 )
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError) as e:
                 if attempt >= self.max_retries:
-                    raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable: {e.__class__.__name__}: {e}") from e
+                    # the exception text names hosts: it goes to the log (for operators), not into
+                    # the message (which can reach clients)
+                    log.warning("upstream %s unreachable: %r", _safe(url), e)
+                    raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable ({e.__class__.__name__})") from e
                 await self._backoff(attempt, None, f"{kind} {e.__class__.__name__}")
                 attempt += 1
                 continue
@@ -341,7 +344,8 @@ class HubClient:
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
                     if resumes >= max_resumes:
                         raise UpstreamUnavailable(
-                            f"{ref}/{path}: download failed after {resumes} resumes at byte {progress.n}: {e}"
+                            f"{ref}/{path}: download failed after {resumes} resumes at byte {progress.n} "
+                            f"({e.__class__.__name__})"
                         ) from e
                     resumes += 1
                     self.stats.retries += 1
