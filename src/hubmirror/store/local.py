@@ -49,6 +49,8 @@ class _Hasher:
             self._hash.update(chunk)
 
     def update(self, chunk: bytes) -> None:
+        if self._final is not None:
+            raise StoreError("write after the digest was taken")
         if chunk:
             self._queue.put(chunk)
 
