@@ -77,6 +77,9 @@ schedule = "10s"
             [*HM, "--config", str(cfg), "status", "--data", str(data), "--json"], capture_output=True, text=True
         ).stdout)[0]["last_error"] or ""), timeout=25)
         assert commit_of(s, "acme/sched") == c2
+        st = json.loads(subprocess.run([*HM, "--config", str(cfg), "status", "--data", str(data), "--json"],
+                                       capture_output=True, text=True).stdout)[0]
+        assert st["gone_upstream_since"] and "gone upstream" in st["last_error"]
     finally:
         s.stop()
 

@@ -177,6 +177,15 @@ class Syncer:
             lock.release()
         return result
 
+    async def note_gone(self, ref: RepoRef, err: RepoNotFound) -> RepoNotFound:
+        """The upstream says a repo does not exist: mark a mirrored one gone (once), keep serving it."""
+        mirrored = await asyncio.to_thread(self.catalog.get_repo, ref)
+        if mirrored is None:
+            return err
+        if await asyncio.to_thread(self.catalog.mark_gone, mirrored.pk, err.message):
+            await asyncio.to_thread(self.catalog.audit, "gone-upstream", ref, message=err.message)
+        return RepoNotFound(f"{ref} is gone upstream ({err.message}); everything mirrored stays served")
+
     async def resolve_revisions(self, spec: MirrorSpec) -> list[tuple[str, str, str | None]]:
         """(revision, commit, full ref name or None for a bare commit) for every wanted revision."""
         ref = spec.ref
@@ -209,12 +218,7 @@ class Syncer:
         try:
             wanted = await self.resolve_revisions(spec)
         except RepoNotFound as e:
-            mirrored = await asyncio.to_thread(self.catalog.get_repo, ref)
-            if mirrored is not None and await asyncio.to_thread(self.catalog.mark_gone, mirrored.pk, e.message):
-                await asyncio.to_thread(self.catalog.audit, "gone-upstream", ref, message=e.message)
-            if mirrored is not None:
-                raise RepoNotFound(f"{ref} is gone upstream ({e.message}); everything mirrored stays served") from None
-            raise
+            raise await self.note_gone(ref, e) from None
         repo = await asyncio.to_thread(self.catalog.ensure_repo, ref, "mirror")
         await asyncio.to_thread(self.catalog.clear_gone, repo.pk)
         if repo.origin == "proxy":  # a repo first pulled through, now declared: it is a mirror from now on

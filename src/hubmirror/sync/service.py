@@ -12,7 +12,7 @@ from typing import Any
 
 from ..catalog import Catalog, MirrorRow
 from ..catalog.catalog import utcnow
-from ..errors import HubMirrorError
+from ..errors import HubMirrorError, RepoNotFound
 from ..hub import HubClient
 from ..model.entries import hub_time
 from ..model.mirror import MirrorSpec, interval_seconds, next_run
@@ -113,9 +113,14 @@ class MirrorService:
         now = utcnow()
         state: dict[str, Any] = {"last_check_at": now, "next_run_at": next_run(spec.schedule, now) + jitter(spec)}
         try:
-            wanted = await self.syncer.resolve_revisions(spec)
+            try:
+                wanted = await self.syncer.resolve_revisions(spec)
+            except RepoNotFound as e:
+                raise await self.syncer.note_gone(ref, e) from None
             state["upstream"] = {rev: commit for rev, commit, _ in wanted}
             repo = await asyncio.to_thread(self.catalog.get_repo, ref)
+            if repo is not None:
+                await asyncio.to_thread(self.catalog.clear_gone, repo.pk)
             mirrored = await asyncio.to_thread(self.catalog.refs, repo) if repo else {}
             stale = repo is None
             for _rev, commit, name in wanted:
