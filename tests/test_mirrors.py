@@ -208,3 +208,18 @@ def test_real_client_through_a_chained_mirror(hub: FakeHub, tmp_path: Path) -> N
         assert commit_of(edge, "acme/chain") == c1
     finally:
         edge.stop()
+
+
+def test_jitter_spreads_five_hundred_mirrors() -> None:
+    from datetime import datetime
+
+    from hubmirror.model.mirror import MirrorSpec, next_run
+    from hubmirror.sync.service import jitter
+
+    now = datetime(2026, 1, 1)
+    hourly = [next_run("1h", now) + jitter(MirrorSpec(repo=f"acme/m{i}", schedule="1h")) for i in range(500)]
+    assert all(0 <= (t - now).total_seconds() - 3600 <= 300 for t in hourly)  # at most 10%, at most 5 min
+    assert len({t.replace(microsecond=0) for t in hourly}) > 200  # not all in the same second
+    short = [jitter(MirrorSpec(repo="acme/x", schedule="60s")).total_seconds() for _ in range(200)]
+    assert max(short) <= 6 and len(set(short)) > 100
+    assert next_run("*/15 * * * *", datetime(2026, 1, 1, 10, 7)) == datetime(2026, 1, 1, 10, 15)

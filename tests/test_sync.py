@@ -443,3 +443,23 @@ def test_one_sync_per_repo_at_a_time(hub: FakeHub, tmp_path: Path) -> None:
         gate.set()
         t.join()
     assert first[0].status == "synced"
+
+
+def test_upstream_requests_in_flight_are_capped_and_counted(hub: FakeHub, tmp_path: Path) -> None:
+    files = {f"f{i}.bin": os.urandom(100_000) for i in range(8)}
+    hub.commit("acme/cap", files)
+    for name, data in files.items():
+        hub.fault("slow", f"/blob/{hashlib.sha256(data).hexdigest()}", times=1, delay=0.05)
+
+    async def go() -> tuple[int, Any]:
+        catalog = Catalog(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+        catalog.migrate()
+        async with HubClient(hub.url, max_concurrency=2, backoff_base=0.01) as client:
+            syncer = Syncer(catalog, LocalBlobStore(tmp_path / "blobs"), client, tmp_path, parallel=8)
+            res = await syncer.sync(MirrorSpec(repo="acme/cap"))
+            return client.stats.calls, res
+
+    calls, res = asyncio.run(go())
+    assert res.files_fetched == 8
+    assert hub.max_inflight <= 2  # 8 parallel fetches, but never more than 2 requests upstream at once
+    assert calls == res.upstream_calls == len(hub.calls)  # every request sent is counted

@@ -27,6 +27,7 @@ from aiohttp import web
 from hubmirror.model.gitobj import git_blob_sha1, lfs_pointer
 
 _counter = itertools.count(1)
+_COUNTED = web.RequestKey("counted", bool)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class FakeHub:
         self.faults: list[Fault] = []
         self.calls: list[tuple[str, str]] = []
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of ranged requests
+        self.inflight = 0
+        self.max_inflight = 0  # the most requests this server was answering at the same moment
         self.bytes_served: dict[str, int] = defaultdict(int)  # "repo_id/path" -> bytes
         self.auth_seen: list[tuple[str, str | None]] = []  # (origin, Authorization)
         self._lock = threading.Lock()
@@ -188,7 +191,21 @@ class FakeHub:
         f = self._take_fault(path, ("hook",))
         if f is not None:
             f.params["fn"]()
-        return await handler(request)  # type: ignore[no-any-return]
+        with self._lock:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        request[_COUNTED] = True
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._done(request)
+
+    def _done(self, request: web.Request) -> None:
+        """A request stops counting as in flight once its last byte is handed over (at most once)."""
+        if request.get(_COUNTED):
+            request[_COUNTED] = False
+            with self._lock:
+                self.inflight -= 1
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -345,6 +362,8 @@ class FakeHub:
                 n = min(n, max(1, int(cut.params.get("at", len(body) // 2)) - sent))
             with self._lock:  # counted as handed to the socket, before the client can see them
                 self.bytes_served[key] += n
+            if sent + n >= len(body):
+                self._done(request)  # the client may start its next request as soon as this arrives
             await resp.write(bytes(body[sent : sent + n]))
             sent += n
             if slow is not None:
