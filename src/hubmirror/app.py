@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -55,6 +56,25 @@ def open_services(settings: Settings) -> Services:
     if swept:
         log.info("removed %d unfinished blob writes", swept)
     return Services(settings, catalog, store)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: client, request line, status, bytes, seconds, user agent.
+
+    Hand-written instead of aiohttp's format-string logger, which costs a third of the HEAD rate."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %s %.6fs "%s"',
+            request.remote, request.method, request.raw_path, request.version.major, request.version.minor,
+            response.status, response.body_length, time, request.headers.get("User-Agent", "-"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
 
 
 class Metrics:

@@ -71,7 +71,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
     """Serve the Hub API. Clients set HF_ENDPOINT=http://HOST:PORT."""
     from aiohttp import web
 
-    from .app import build_app, open_services
+    from .app import AccessLog, build_app, open_services
 
     s = _settings(ctx, host=host, port=port, data=data, upstream=upstream, public_url=public_url)
     if offline:
@@ -84,7 +84,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
                err=True)
     web.run_app(app, host=s.host, port=s.port, print=None,
                 access_log=logging.getLogger("aiohttp.access") if s.access_log else None,
-                access_log_format='%a "%r" %s %b %Tfs "%{User-Agent}i"')
+                access_log_class=AccessLog)
 
 
 @cli.command("import")
