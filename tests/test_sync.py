@@ -463,3 +463,34 @@ def test_upstream_requests_in_flight_are_capped_and_counted(hub: FakeHub, tmp_pa
     assert res.files_fetched == 8
     assert hub.max_inflight <= 2  # 8 parallel fetches, but never more than 2 requests upstream at once
     assert calls == res.upstream_calls == len(hub.calls)  # every request sent is counted
+
+
+def test_progress_bar_on_a_terminal_and_none_with_json(hub: FakeHub, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    hub.commit("acme/bar", files_v1())
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    cmd = [sys.executable, "-m", "hubmirror", "sync", "acme/bar", "--data", str(tmp_path / "d"), "--upstream", hub.url]
+    p = subprocess.run(cmd, stderr=slave, stdout=subprocess.PIPE, text=True, timeout=120)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert p.returncode == 0
+    text = screen.decode("utf-8", "replace")
+    assert "sync acme/bar" in text, text[-500:]
+    assert "files 6/6" in text and "100%" in text
+    assert "B/s" in text  # speed (tqdm also shows the ETA while it runs)
+    p = subprocess.run([*cmd, "--json", "--revision", "main"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stderr == "" and json.loads(p.stdout)["status"] == "up-to-date"
