@@ -15,7 +15,6 @@ verification: a bad or cut upstream body ends the client's connection early, nev
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
@@ -32,9 +31,9 @@ from ..errors import DigestMismatch, HubMirrorError, SizeMismatch, StoreError
 from ..hub import HubClient
 from ..locks import GcLock
 from ..model.entries import Entry
-from ..model.gitobj import git_blob_header
 from ..model.names import RepoRef
 from ..store import BlobStore
+from ..store.verify import ContentCheck
 
 log = logging.getLogger("hubmirror.proxy")
 
@@ -177,13 +176,12 @@ class Filler:
                 fill.fd = await asyncio.to_thread(os.open, writer.spool_path, os.O_RDONLY)
                 weakref.finalize(fill, os.close, fill.fd)
             fill.started.set()
-            sha1 = hashlib.sha1(git_blob_header(entry.size)) if not entry.lfs else None
+            check = ContentCheck(entry, f"{ref}/{entry.path}")
 
             def put(chunk: bytes) -> None:
                 assert writer is not None
                 writer.write(chunk)
-                if sha1 is not None:
-                    sha1.update(chunk)
+                check.update(chunk)
 
             # Writing and hashing run on one thread of their own, in order, while the event loop
             # goes on receiving: the download is pipelined instead of waiting for each chunk.
@@ -208,17 +206,7 @@ class Filler:
                     await settle(0)
                 finally:
                     pool.shutdown(wait=False)
-            if entry.lfs:
-                assert entry.sha256 is not None
-                sha256 = entry.sha256
-                if writer.sha256 != sha256:
-                    raise DigestMismatch(f"{ref}/{entry.path}: upstream bytes hash to {writer.sha256}, expected {sha256}")
-            else:
-                assert sha1 is not None
-                if sha1.hexdigest() != entry.oid:
-                    raise DigestMismatch(f"{ref}/{entry.path}: upstream bytes hash to git oid {sha1.hexdigest()}, "
-                                         f"expected {entry.oid}")
-                sha256 = writer.sha256
+            sha256 = check.verified_sha256(writer)
             if keep:
                 await asyncio.to_thread(writer.commit, sha256, entry.size)
                 if not entry.lfs:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,10 +38,10 @@ from ..errors import (
 from ..hub import HubClient
 from ..locks import GcLock, RepoLock
 from ..model.entries import Commit, Entry
-from ..model.gitobj import git_blob_header
 from ..model.mirror import MirrorSpec, is_pattern
 from ..model.names import RepoRef, is_commit_sha
 from ..store import BlobStore
+from ..store.verify import ContentCheck
 
 log = logging.getLogger("hubmirror.sync")
 
@@ -355,12 +354,11 @@ class Syncer:
         last_error: Exception | None = None
         for _attempt in range(VERIFY_ATTEMPTS):
             writer = await asyncio.to_thread(self.store.writer)
-            sha1 = hashlib.sha1(git_blob_header(f.size)) if not f.lfs else None
+            check = ContentCheck(f, f"{ref}/{f.path}")
 
             def put(chunk: bytes) -> None:
                 writer.write(chunk)
-                if sha1 is not None:
-                    sha1.update(chunk)
+                check.update(chunk)
 
             async def write(chunk: bytes) -> None:
                 await asyncio.to_thread(put, chunk)
@@ -368,16 +366,9 @@ class Syncer:
 
             try:
                 await self.client.download(ref, commit, f.path, write, f.size)
-                if f.lfs:
-                    assert f.sha256 is not None
-                    await asyncio.to_thread(writer.commit, f.sha256, f.size)
-                    return f
-                assert sha1 is not None
-                if sha1.hexdigest() != f.oid:
-                    raise DigestMismatch(f"{ref}/{f.path}: bytes hash to git oid {sha1.hexdigest()}, upstream listed {f.oid}")
-                sha256 = writer.sha256
+                sha256 = check.verified_sha256(writer)
                 await asyncio.to_thread(writer.commit, sha256, f.size)
-                return Entry(f.path, "file", f.oid, f.size, sha256, False, None)
+                return Entry(f.path, "file", f.oid, f.size, sha256, f.lfs, f.pointer_size)
             except (DigestMismatch, SizeMismatch) as e:
                 writer.cancel()
                 last_error = e
