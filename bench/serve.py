@@ -18,7 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Nginx, Server, best_throughput, fmt_rate, head_latencies, head_rps, pct
+from _common import (
+    Nginx,
+    Server,
+    best_throughput,
+    fmt_rate,
+    head_latencies,
+    head_rps,
+    pct,
+)
 
 from hubmirror.catalog import Catalog
 from hubmirror.ingest import import_folder

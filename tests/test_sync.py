@@ -20,12 +20,17 @@ from fakes.hub import FakeHub
 from helpers import Server, raw, run_client
 
 from hubmirror.catalog import Catalog
-from hubmirror.errors import HubMirrorError, RepoNotFound, UpstreamError, UpstreamUnavailable
+from hubmirror.errors import (
+    HubMirrorError,
+    RepoNotFound,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from hubmirror.hub import HubClient
 from hubmirror.model.mirror import MirrorSpec
 from hubmirror.model.names import RepoRef, RepoType
 from hubmirror.store import LocalBlobStore
-from hubmirror.sync.engine import SyncResult, Syncer
+from hubmirror.sync.engine import Syncer, SyncResult
 
 
 @pytest.fixture

@@ -5,28 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timezone
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timezone
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .api.http import error_response, json_response
 from .api.hub import HubApi
+from .api.mirror import MirrorApi
 from .catalog import Catalog
 from .config import Settings
 from .errors import ConfigError, HubMirrorError
-from .api.mirror import MirrorApi
 from .hub import HubClient
 from .proxy import Filler, ProxyReader, Rules
 from .reader import LocalReader
+from .store import LocalBlobStore
 from .sync.engine import Syncer
 from .sync.service import MirrorService
-from .store import LocalBlobStore
 
 log = logging.getLogger("hubmirror")
 

@@ -5,12 +5,17 @@ HubMirrorError
 ├── InvalidInput                 400  bad repo id, revision, path, header, body
 │   ├── InvalidRepoId
 │   ├── InvalidRevision
-│   └── InvalidPath
+│   ├── InvalidPath
+│   └── InvalidBundle                 an unsafe or damaged import bundle
 ├── NotFound                     404
 │   ├── RepoNotFound                  X-Error-Code: RepoNotFound
 │   ├── RevisionNotFound              X-Error-Code: RevisionNotFound
 │   └── EntryNotFound                 X-Error-Code: EntryNotFound (+ X-Repo-Commit)
 ├── Conflict                     409  a ref moved under a concurrent writer
+├── SyncBusy                     409  a sync of that repo is already running
+├── MirrorFrozen                 409  the mirror is frozen: served, not synced
+├── Forbidden                    403  e.g. webhooks without a configured secret
+├── InsufficientStorage          507  no disk space for a pull-through fill
 ├── Unauthorized                 401
 ├── GatedRepo                    401/403 X-Error-Code: GatedRepo
 ├── UpstreamError                502  the upstream answered something unusable
@@ -55,6 +60,10 @@ class InvalidPath(InvalidInput):
     code = "InvalidPath"
 
 
+class InvalidBundle(InvalidInput):
+    code = "InvalidBundle"
+
+
 class NotFound(HubMirrorError):
     status = 404
 
@@ -78,6 +87,26 @@ class EntryNotFound(NotFound):
 class Conflict(HubMirrorError):
     status = 409
     code = "Conflict"
+
+
+class SyncBusy(HubMirrorError):
+    status = 409
+    code = "SyncBusy"
+
+
+class MirrorFrozen(HubMirrorError):
+    status = 409
+    code = "MirrorFrozen"
+
+
+class Forbidden(HubMirrorError):
+    status = 403
+    code = "Forbidden"
+
+
+class InsufficientStorage(HubMirrorError):
+    status = 507
+    code = "InsufficientStorage"
 
 
 class Unauthorized(HubMirrorError):

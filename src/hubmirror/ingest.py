@@ -24,7 +24,13 @@ from .catalog.catalog import branch_ref
 from .errors import InvalidInput, InvalidPath
 from .locks import GcLock
 from .model.entries import Commit, Entry, with_directories
-from .model.gitobj import LFS_THRESHOLD, git_blob_header, git_blob_sha1, git_commit_sha1, lfs_pointer
+from .model.gitobj import (
+    LFS_THRESHOLD,
+    git_blob_header,
+    git_blob_sha1,
+    git_commit_sha1,
+    lfs_pointer,
+)
 from .model.names import RepoRef, validate_branch, validate_path
 from .store import BlobStore
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import html
 import binascii
+import html
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 

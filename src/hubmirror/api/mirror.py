@@ -10,16 +10,11 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
-from ..errors import HubMirrorError, InvalidInput, NotFound, Unauthorized
+from ..errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from ..model.names import RepoType, validate_revision
 from ..sync.service import MirrorService
 from .http import json_response
 from .routing import _repo
-
-
-class Forbidden(HubMirrorError):
-    status = 403
-    code = "Forbidden"
 
 
 class MirrorApi:

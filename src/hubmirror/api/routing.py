@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from ..errors import InvalidInput, InvalidPath
-from ..model.names import RepoRef, RepoType, validate_path, validate_repo_id, validate_revision
+from ..model.names import (
+    RepoRef,
+    RepoType,
+    validate_path,
+    validate_repo_id,
+    validate_revision,
+)
 
 API_KEYWORDS = frozenset(
     {"revision", "tree", "paths-info", "refs", "commits", "xet-read-token", "treesize", "auth-check", "resolve"}

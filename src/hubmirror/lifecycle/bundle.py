@@ -31,10 +31,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..catalog import Catalog, RefUpdate, RepoRow
-from ..errors import HubMirrorError, InvalidInput, RepoNotFound
+from ..errors import HubMirrorError, InvalidBundle, RepoNotFound
 from ..locks import GcLock
 from ..model.entries import Commit, Entry
-from ..model.names import RepoRef, RepoType, is_commit_sha, validate_path, validate_repo_id, validate_revision
+from ..model.names import (
+    RepoRef,
+    RepoType,
+    is_commit_sha,
+    validate_path,
+    validate_repo_id,
+    validate_revision,
+)
 from ..store import BlobStore
 from ..store.base import SHA256_RE
 
@@ -42,9 +49,6 @@ MANIFEST = "hubmirror-bundle.json"
 MAX_MANIFEST = 512 << 20
 _BLOB_NAME = re.compile(r"^blobs/([0-9a-f]{64})$")
 
-
-class BadBundle(InvalidInput):
-    code = "InvalidBundle"
 
 
 @dataclass
@@ -177,30 +181,30 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadBundle(f"bundle manifest is not JSON: {e}") from None
+        raise InvalidBundle(f"bundle manifest is not JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != "hubmirror-bundle" or doc.get("version") != 1:
-        raise BadBundle("not a hubmirror bundle (format/version)")
+        raise InvalidBundle("not a hubmirror bundle (format/version)")
     for b in doc.get("blobs", []):
         if not SHA256_RE.match(str(b.get("sha256", ""))) or not isinstance(b.get("size"), int) or b["size"] < 0:
-            raise BadBundle(f"bundle manifest lists an invalid blob {b!r}")
+            raise InvalidBundle(f"bundle manifest lists an invalid blob {b!r}")
     for r in doc.get("repos", []):
         validate_repo_id(str(r.get("repo_id")))
         RepoType.parse(str(r.get("repo_type")))
         if r.get("origin") not in ("local", "mirror", "proxy"):
-            raise BadBundle(f"bundle manifest: invalid origin {r.get('origin')!r}")
+            raise InvalidBundle(f"bundle manifest: invalid origin {r.get('origin')!r}")
         for name, commit in (r.get("refs") or {}).items():
             validate_revision(str(name))
             if not is_commit_sha(str(commit)):
-                raise BadBundle(f"bundle manifest: ref {name!r} points at an invalid commit")
+                raise InvalidBundle(f"bundle manifest: ref {name!r} points at an invalid commit")
         for c in r.get("commits", []):
             if not is_commit_sha(str(c.get("sha"))) or not all(is_commit_sha(str(p)) for p in c.get("parents", [])):
-                raise BadBundle("bundle manifest: invalid commit sha")
+                raise InvalidBundle("bundle manifest: invalid commit sha")
             for e in c.get("entries", []):
                 if not isinstance(e, list) or len(e) != 8:
-                    raise BadBundle("bundle manifest: malformed entry")
+                    raise InvalidBundle("bundle manifest: malformed entry")
                 validate_path(str(e[0]))
                 if e[1] not in ("file", "directory") or (e[4] is not None and not SHA256_RE.match(str(e[4]))):
-                    raise BadBundle(f"bundle manifest: malformed entry {e[0]!r}")
+                    raise InvalidBundle(f"bundle manifest: malformed entry {e[0]!r}")
     return doc
 
 
@@ -216,7 +220,7 @@ def import_bundle(
     try:
         tar = tarfile.open(path, mode="r|*")
     except (OSError, tarfile.TarError) as e:
-        raise BadBundle(f"cannot read bundle {str(path)!r}: {e}") from None
+        raise InvalidBundle(f"cannot read bundle {str(path)!r}: {e}") from None
     with GcLock(data), tar:
         doc: dict[str, Any] | None = None
         expected: dict[str, int] = {}
@@ -226,10 +230,10 @@ def import_bundle(
             for member in tar:
                 why = _unsafe(member)
                 if why:
-                    raise BadBundle(f"bundle member {member.name!r} refused: {why}")
+                    raise InvalidBundle(f"bundle member {member.name!r} refused: {why}")
                 if doc is None:
                     if member.name != MANIFEST or member.size > MAX_MANIFEST:
-                        raise BadBundle(f"bundle must start with {MANIFEST}, found {member.name!r}")
+                        raise InvalidBundle(f"bundle must start with {MANIFEST}, found {member.name!r}")
                     fh = tar.extractfile(member)
                     assert fh is not None
                     doc = _parse_manifest(fh.read())
@@ -239,11 +243,11 @@ def import_bundle(
                     continue
                 m = _BLOB_NAME.match(member.name)
                 if not m or m.group(1) not in expected or m.group(1) in seen:
-                    raise BadBundle(f"bundle member {member.name!r} refused: not a blob listed in the manifest")
+                    raise InvalidBundle(f"bundle member {member.name!r} refused: not a blob listed in the manifest")
                 sha = m.group(1)
                 seen.add(sha)
                 if member.size != expected[sha]:
-                    raise BadBundle(f"bundle member {member.name!r}: size {member.size} differs from the manifest")
+                    raise InvalidBundle(f"bundle member {member.name!r}: size {member.size} differs from the manifest")
                 if store.stat(sha) is not None:
                     if progress:
                         progress(member.size)
@@ -258,12 +262,12 @@ def import_bundle(
                     w.commit(sha, member.size)  # DigestMismatch/SizeMismatch: nothing is published
                 new += 1
         except tarfile.TarError as e:
-            raise BadBundle(f"bundle {str(path)!r} is damaged: {e}") from None
+            raise InvalidBundle(f"bundle {str(path)!r} is damaged: {e}") from None
         if doc is None:
-            raise BadBundle(f"bundle {str(path)!r} is empty")
+            raise InvalidBundle(f"bundle {str(path)!r} is empty")
         missing = [s for s in expected if store.stat(s) is None]
         if missing:
-            raise BadBundle(f"bundle lacks {len(missing)} blob(s) its manifest lists, e.g. {missing[0]}")
+            raise InvalidBundle(f"bundle lacks {len(missing)} blob(s) its manifest lists, e.g. {missing[0]}")
         ncommits = 0
         for r in doc["repos"]:
             ref = RepoRef(RepoType.parse(r["repo_type"]), r["repo_id"])

@@ -30,7 +30,14 @@ import tomli_w
 
 from ..catalog import Catalog
 from ..errors import InvalidInput, RepoNotFound
-from ..model.names import RepoRef, RepoType, is_commit_sha, validate_path, validate_repo_id, validate_revision
+from ..model.names import (
+    RepoRef,
+    RepoType,
+    is_commit_sha,
+    validate_path,
+    validate_repo_id,
+    validate_revision,
+)
 from ..store.base import SHA256_RE
 
 SKIP_DIRS = (".cache/huggingface/",)

@@ -20,14 +20,20 @@ import os
 import shutil
 import weakref
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..catalog import Catalog
 from ..catalog.catalog import utcnow
-from ..errors import DigestMismatch, HubMirrorError, SizeMismatch, StoreError
+from ..errors import (
+    DigestMismatch,
+    HubMirrorError,
+    InsufficientStorage,
+    SizeMismatch,
+    StoreError,
+)
 from ..hub import HubClient
 from ..locks import GcLock
 from ..model.entries import Entry
@@ -37,10 +43,6 @@ from ..store.verify import ContentCheck
 
 log = logging.getLogger("hubmirror.proxy")
 
-
-class InsufficientStorage(HubMirrorError):
-    status = 507
-    code = "InsufficientStorage"
 
 
 @dataclass(frozen=True, slots=True)

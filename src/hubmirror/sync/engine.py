@@ -29,10 +29,12 @@ from ..errors import (
     DigestMismatch,
     GatedRepo,
     HubMirrorError,
+    MirrorFrozen,
     RepoNotFound,
     RevisionNotFound,
     SizeMismatch,
     StoreError,
+    SyncBusy,
     UpstreamBadBody,
 )
 from ..hub import HubClient
@@ -48,14 +50,6 @@ log = logging.getLogger("hubmirror.sync")
 VERIFY_ATTEMPTS = 3  # a file whose bytes do not verify is fetched again, at most this often
 
 
-class SyncBusy(HubMirrorError):
-    status = 409
-    code = "SyncBusy"
-
-
-class Frozen(HubMirrorError):
-    status = 409
-    code = "MirrorFrozen"
 
 
 class Progress(Protocol):
@@ -136,7 +130,7 @@ class Syncer:
     ) -> SyncResult:
         ref = spec.ref
         if spec.frozen:
-            raise Frozen(f"mirror {ref} is frozen: it is served as it is and not synced (unfreeze it first)")
+            raise MirrorFrozen(f"mirror {ref} is frozen: it is served as it is and not synced (unfreeze it first)")
         self.retag = retag
         lock = RepoLock(self.data, ref)
         if not await asyncio.to_thread(lock.acquire):

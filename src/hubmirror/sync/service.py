@@ -12,12 +12,12 @@ from typing import Any
 
 from ..catalog import Catalog, MirrorRow
 from ..catalog.catalog import utcnow
-from ..errors import HubMirrorError, RepoNotFound
+from ..errors import HubMirrorError, RepoNotFound, SyncBusy
 from ..hub import HubClient
 from ..model.entries import hub_time
 from ..model.mirror import MirrorSpec, interval_seconds, next_run
 from ..model.names import RepoRef
-from .engine import SyncBusy, Syncer, matches
+from .engine import Syncer, matches
 
 log = logging.getLogger("hubmirror.scheduler")
 
