@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,5 +156,4 @@ def fmt_rate(bps: float) -> str:
     return f"{bps / 1e9:.2f} GB/s"
 
 
-__all__ = ["Nginx", "Server", "need", "best_throughput", "head_latencies", "head_rps", "pct", "fmt_rate", "wait_http",
-           "statistics", "os"]
+__all__ = ["Nginx", "Server", "best_throughput", "fmt_rate", "head_latencies", "head_rps", "need", "pct", "wait_http"]

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .cli import REPO_TYPES, _config_option, _settings, cli
-from .errors import HubMirrorError, InvalidInput, NotFound
+from .errors import InvalidInput, NotFound
 
 DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
 
@@ -309,5 +309,3 @@ def scrub(ctx: click.Context, data: Path | None, rate: str, repair: bool, upstre
     if report.unrepaired:
         sys.exit(1)
 
-
-__all__ = ["HubMirrorError"]

@@ -14,7 +14,7 @@ from ..errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from ..model.names import RepoType, validate_revision
 from ..sync.service import MirrorService
 from .http import json_response
-from .routing import _repo
+from .routing import repo_from_segments
 
 
 class MirrorApi:
@@ -31,7 +31,7 @@ class MirrorApi:
         if len(segs) >= 4 and segs[0] == "mirror" and segs[-1] == "check-update" and segs[1] in ("models", "datasets", "spaces"):
             if request.method != "GET":
                 raise web.HTTPMethodNotAllowed(request.method, ["GET"])
-            ref = _repo(segs[2:-1], RepoType.parse(segs[1]))
+            ref = repo_from_segments(segs[2:-1], RepoType.parse(segs[1]))
             try:  # from the raw query: aiohttp's decoded one replaces invalid UTF-8 instead of refusing it
                 query = dict(parse_qsl(request.rel_url.raw_query_string, errors="strict"))
             except UnicodeDecodeError:
@@ -55,7 +55,7 @@ class MirrorApi:
         if not isinstance(repo, dict) or not isinstance(repo.get("name"), str):
             raise InvalidInput("invalid webhook payload: expected repo.name and repo.type")
         scope = event.get("scope", "") if isinstance(event, dict) else ""
-        ref = _repo(repo["name"].split("/"), RepoType.parse(str(repo.get("type", "model"))))
+        ref = repo_from_segments(repo["name"].split("/"), RepoType.parse(str(repo.get("type", "model"))))
         if scope and not scope.startswith("repo"):
             return json_response({"status": "ignored", "reason": f"event scope {scope!r} is not about repo content"})
         mirror = await asyncio.to_thread(self.service.catalog.get_mirror, ref)

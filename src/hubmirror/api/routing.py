@@ -57,7 +57,8 @@ def _tree_path(raw_segments: list[str]) -> str:
     return validate_path(path, allow_root=True) if path else ""
 
 
-def _repo(segs: list[str], repo_type: RepoType) -> RepoRef:
+def repo_from_segments(segs: list[str], repo_type: RepoType) -> RepoRef:
+    """A repo id from raw path segments (each decoded once; an encoded '/' is refused)."""
     parts = [decode_segment(s, "repo id") for s in segs]
     if any("/" in p for p in parts):
         raise InvalidInput(f"invalid repo id {'/'.join(segs)!r}: encoded '/' in a repo id")
@@ -75,7 +76,7 @@ def parse_api(segs: list[str], repo_type: RepoType) -> list[Route]:
         if tail and tail[0] not in API_KEYWORDS:
             continue
         try:
-            repo = _repo(segs[:n], repo_type)
+            repo = repo_from_segments(segs[:n], repo_type)
             routes.append(_api_route(repo, tail))
         except InvalidInput as e:
             first_error = first_error or e
@@ -118,7 +119,7 @@ def parse_file(segs: list[str]) -> list[Route]:
         if len(segs) < n or len(tail) < 3 or tail[0] != "resolve":
             continue
         try:
-            routes.append(Route("resolve", _repo(segs[:n], repo_type), _revision(tail[1]), _file_path(tail[2:])))
+            routes.append(Route("resolve", repo_from_segments(segs[:n], repo_type), _revision(tail[1]), _file_path(tail[2:])))
         except InvalidInput as e:
             first_error = first_error or e
     if not routes and first_error:

@@ -119,10 +119,15 @@ class LifecycleQueries:
                 n += c.execute(sa.delete(t.commits).where(t.commits.c.repo == repo, t.commits.c.sha == sha)).rowcount
         return n
 
-    def referenced_blobs(self) -> set[str]:
+    def referenced_blobs(self, excluding: set[tuple[int, str]] | None = None) -> set[str]:
+        """Every blob some recorded commit references, not counting the (repo, commit)s `excluding`."""
         with self.engine.connect() as c:
-            return {r.sha256 for r in c.execute(
-                sa.select(t.entries.c.sha256).where(t.entries.c.sha256.is_not(None)).distinct()).all()}
+            if not excluding:
+                return {r.sha256 for r in c.execute(
+                    sa.select(t.entries.c.sha256).where(t.entries.c.sha256.is_not(None)).distinct()).all()}
+            rows = c.execute(sa.select(t.entries.c.repo, t.entries.c.commit, t.entries.c.sha256)
+                             .where(t.entries.c.sha256.is_not(None)).distinct()).all()
+        return {r.sha256 for r in rows if (r.repo, r.commit) not in excluding}
 
     def blobs_of_repo(self, repo_pk: int) -> set[str]:
         with self.engine.connect() as c:

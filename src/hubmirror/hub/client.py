@@ -17,7 +17,7 @@ import email.utils
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -250,50 +250,47 @@ class HubClient:
                     out[name] = commit
         return out
 
+    async def _pages(
+        self, url: str, kind: str, what: str, *, max_pages: int, must_end: bool
+    ) -> AsyncIterator[list[Any]]:
+        """Each JSON list page of a paginated answer, following `Link: rel="next"` on the upstream's
+        own origin only. Past `max_pages`: an error if the listing `must_end`, else just stop."""
+        for _ in range(max_pages):
+            data, resp = await self._json(url, kind, what=what)
+            if not isinstance(data, list):
+                raise UpstreamError(f"{what}: upstream page is not a list")
+            yield data
+            nxt = resp.links.get("next")
+            if not nxt:
+                return
+            target = urljoin(url, str(nxt["url"]))
+            if _origin(target) != self._origin:
+                raise UpstreamError(f"{what}: upstream pagination link leaves its origin ({_safe(target)})")
+            url = target
+        if must_end:
+            raise UpstreamError(f"{what}: upstream pagination does not end")
+
     async def tree(self, ref: RepoRef, commit: str) -> list[Entry]:
         """Every file and directory of a commit (recursive), validated."""
         url = self._api(ref, "tree", commit) + "?recursive=true&expand=false"
         out: list[Entry] = []
-        pages = 0
-        while url:
-            data, resp = await self._json(url, "tree", what=f"{ref}@{commit[:8]} tree")
-            if not isinstance(data, list):
-                raise UpstreamError(f"{ref}@{commit}: upstream tree page is not a list")
-            out.extend(_entry(item, ref, commit) for item in data)
-            pages += 1
-            nxt = resp.links.get("next")
-            page_url, url = url, ""
-            if nxt:
-                target = urljoin(page_url, str(nxt["url"]))
-                if _origin(target) != self._origin:
-                    raise UpstreamError(f"{ref}: upstream pagination link leaves its origin ({_safe(target)})")
-                url = target
-            if pages > 100_000:
-                raise UpstreamError(f"{ref}: upstream tree pagination does not end")
+        async for page in self._pages(url, "tree", f"{ref}@{commit[:8]} tree", max_pages=100_000, must_end=True):
+            out.extend(_entry(item, ref, commit) for item in page)
         return out
 
     async def commits(self, ref: RepoRef, commit: str, max_pages: int = 20) -> list[Commit]:
         """The history from `commit`, newest first (at most `max_pages` upstream pages)."""
         url = self._api(ref, "commits", commit)
         out: list[Commit] = []
-        for _ in range(max_pages):
-            data, resp = await self._json(url, "commits", what=f"{ref}@{commit[:8]} commits")
-            if not isinstance(data, list):
-                raise UpstreamError(f"{ref}@{commit}: upstream commits page is not a list")
-            for item in data:
+        async for page in self._pages(url, "commits", f"{ref}@{commit[:8]} commits", max_pages=max_pages,
+                                      must_end=False):
+            for item in page:
                 if isinstance(item, dict) and is_commit_sha(str(item.get("id", ""))):
                     authors = item.get("authors") or []
                     author = str(authors[0].get("user", "")) if authors and isinstance(authors[0], dict) else ""
                     out.append(Commit(sha=str(item["id"]), title=str(item.get("title", ""))[:1000],
                                       message=str(item.get("message", ""))[:100_000], author=author[:200],
                                       date=_parse_time(item.get("date"))))
-            nxt = resp.links.get("next")
-            if not nxt:
-                break
-            target = urljoin(url, str(nxt["url"]))
-            if _origin(target) != self._origin:
-                raise UpstreamError(f"{ref}: upstream pagination link leaves its origin ({_safe(target)})")
-            url = target
         for i, c in enumerate(out[:-1]):
             out[i] = Commit(c.sha, [out[i + 1].sha], c.title, c.message, c.author, c.date)
         return out

@@ -83,7 +83,8 @@ def gc(catalog: Catalog, store: BlobStore, data: Path, *, mirrors: dict[RepoRef,
         report.commits_removed = [(names.get(repo, str(repo)), c) for repo, c in drop]
         if not dry_run and drop:
             catalog.delete_commits(drop)
-        referenced = _still_used(catalog, drop) if dry_run else catalog.referenced_blobs()
+        # a dry run asks what would stay referenced; a real run asks after deleting
+        referenced = catalog.referenced_blobs(excluding=set(drop) if dry_run else None)
         for sha in list(store.list()):
             if sha in referenced:
                 continue
@@ -97,17 +98,6 @@ def gc(catalog: Catalog, store: BlobStore, data: Path, *, mirrors: dict[RepoRef,
         catalog.audit("gc", None, commits_removed=len(drop), blobs_deleted=report.blobs_deleted,
                       bytes_freed=report.bytes_freed)
     return report
-
-
-def _still_used(catalog: Catalog, drop: list[tuple[int, str]]) -> set[str]:
-    dropped = set(drop)
-    used: set[str] = set()
-    for repo, _o, c in catalog.all_commits():
-        if (repo, c) in dropped:
-            continue
-        used |= {e.sha256 for e in catalog.list_entries(catalog._repo_by_pk(repo), c, recursive=True, files_only=True)
-                 if e.sha256}
-    return used
 
 
 @dataclass

@@ -24,7 +24,6 @@ import orjson
 from ..catalog import Catalog, RefUpdate, RepoRow
 from ..catalog.catalog import utcnow
 from ..errors import (
-    EntryNotFound,
     GatedRepo,
     HubMirrorError,
     RepoNotFound,
@@ -301,8 +300,6 @@ def _client_message(e: HubMirrorError, ref: RepoRef, revision: str) -> str:
         return f"Repository not found: {ref} (upstream: not found, private, or no access)"
     if isinstance(e, RevisionNotFound):
         return f"Invalid rev id: {revision} (not found upstream for {ref})"
-    if isinstance(e, EntryNotFound):
-        return e.message
     return e.message
 
 
