@@ -130,12 +130,13 @@ def test_tree_pagination_links_are_absolute_and_follow_the_public_url(server: Se
         url_path = m.group(2)
     assert pages == 2
     assert len(seen) == len(set(seen)) == 1200 + 1 + 12
-    # behind a reverse proxy
+    # forwarded headers from a peer that is not a trusted proxy change nothing (test_hostile_clients.py
+    # has the trusted case)
     r = raw(server.url, "GET", path, {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hub.example.org",
                                        "X-Forwarded-Prefix": "/hf"})
-    assert r.headers["link"].startswith("<https://hub.example.org/hf/api/models/acme/many/tree/main?")
+    assert r.headers["link"].startswith(f"<{server.url}/api/models/acme/many/tree/main?")
     r = raw(server.url, "GET", path, {"X-Forwarded-Host": 'evil.example.org/x>; rel="next", <http://a'})
-    assert r.status == 400 and "X-Forwarded-Host" in r.json()["error"]
+    assert r.status == 200 and r.headers["link"].startswith(f"<{server.url}/")
     # expand=true pages are smaller and carry lastCommit
     r = raw(server.url, "GET", "/api/models/acme/many/tree/main?recursive=true&expand=true")
     assert len(r.json()) == 50 and all("lastCommit" in e for e in r.json())

@@ -130,7 +130,7 @@ def test_check_update_reports_without_downloading(hub: FakeHub, tmp_path: Path) 
     data = tmp_path / "data"
     p = subprocess.run([*HM, "sync", "acme/chk", "--data", str(data), "--upstream", hub.url], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    s = Server(data, "--upstream", hub.url)
+    s = Server(data, "--upstream", hub.url, env={"HUBMIRROR_PROXY__BRANCH_TTL": "0"})  # no caching of the answer
     try:
         r = raw(s.url, "GET", "/api/mirror/models/acme/chk/check-update").json()
         assert r["update_available"] is False and r["files_changed"] == 0

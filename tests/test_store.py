@@ -137,9 +137,13 @@ def test_disk_full_aborts_cleanly(tmp_path: Path) -> None:
     # swap the file under the writer for /dev/full: every write fails with ENOSPC
     w._fh.close()  # type: ignore[attr-defined]
     w._fh = open("/dev/full", "wb", buffering=0)  # type: ignore[attr-defined]  # noqa: SIM115
-    from hubmirror.errors import StoreError
+    from hubmirror.errors import InsufficientStorage
 
-    with pytest.raises(StoreError, match="disk full"):
+    with pytest.raises(InsufficientStorage, match="disk full"):  # 507 for clients, not a 500
         w.write(b"x" * 4096)
+    # a second write (a fill's queued chunk) says the same, not "write after commit or cancel"
+    with pytest.raises(InsufficientStorage, match="disk full"):
+        w.write(b"x" * 4096)
+    assert w._fh.closed  # type: ignore[attr-defined]  # released at once, not when gc runs
     assert list(store.list()) == []
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []

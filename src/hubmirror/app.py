@@ -11,6 +11,7 @@ from datetime import timezone
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -21,16 +22,17 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api.http import error_response, json_response
+from .api.http import ProxyTrust, error_response, header_safe, json_response
 from .api.hub import HubApi
 from .api.mirror import MirrorApi
 from .catalog import Catalog
 from .config import Settings
 from .errors import ConfigError, HubMirrorError
-from .hub import HubClient
+from .hub import CircuitBreaker, HubClient
 from .proxy import Filler, ProxyReader, Rules
 from .reader import LocalReader
 from .store import LocalBlobStore
+from .sync.check import UpdateChecker
 from .sync.engine import Syncer
 from .sync.service import MirrorService
 
@@ -67,16 +69,52 @@ def open_services(settings: Settings) -> Services:
 class AccessLog(AbstractAccessLogger):
     """One line per request: client, request line, status, bytes, seconds, user agent.
 
-    Hand-written instead of aiohttp's format-string logger, which costs a third of the HEAD rate."""
+    Hand-written instead of aiohttp's format-string logger, which costs a third of the HEAD rate.
+    The client is the peer, or behind `trusted_proxies` the address they forward. Long request
+    lines and user agents are cut, so that one request cannot write kilobytes of log."""
+
+    trust = ProxyTrust([])
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
+        path = request.raw_path
+        ua = request.headers.get("User-Agent", "-")
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %s %.6fs "%s"',
-            request.remote, request.method, request.raw_path, request.version.major, request.version.minor,
-            response.status, response.body_length, time, request.headers.get("User-Agent", "-"),
+            self.trust.client_address(request), request.method[:20], header_safe(path[:500]),
+            request.version.major, request.version.minor, response.status, response.body_length, time,
+            header_safe(ua[:200]),
         )
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback: an anonymous client
+    could fill the disk with them. They are the client's fault; one summary line a minute instead."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self.count = 0
+        self._last = 0.0
+        self._since = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or exc.code >= 500:
+            return True
+        self.count += 1
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "%d malformed requests refused with 400 since the last such line (latest: %s)"
+        record.args = (self._since, header_safe(str(exc.message)[:200]))
+        record.exc_info = None
+        record.exc_text = None
+        self._last, self._since = now, 0
+        return True
 
     @property
     def enabled(self) -> bool:
@@ -118,8 +156,8 @@ class Metrics:
 
         self.registry.register(_Catalog())
 
-    def watch_upstream(self, *clients: HubClient) -> None:
-        """Expose the upstream clients' counters (requests, bytes, retries, 429s)."""
+    def watch_upstream(self, breaker: CircuitBreaker, *clients: HubClient) -> None:
+        """Expose the upstream clients' counters (requests, bytes, retries, 429s) and the breaker."""
 
         class _Upstream(Collector):
             def collect(self) -> Iterator[Metric]:
@@ -131,23 +169,61 @@ class Metrics:
                                           value=total("bytes"))
                 yield CounterMetricFamily("hubmirror_upstream_retries", "Upstream retries", value=total("retries"))
                 yield CounterMetricFamily("hubmirror_upstream_rate_limited", "429 answers", value=total("rate_limited"))
+                yield CounterMetricFamily("hubmirror_upstream_too_slow",
+                                          "File bodies aborted for falling below upstream_min_rate",
+                                          value=total("too_slow"))
+                yield CounterMetricFamily("hubmirror_upstream_short_circuited",
+                                          "Requests not sent because the upstream failed recently",
+                                          value=total("short_circuited"))
+                yield GaugeMetricFamily("hubmirror_upstream_unreachable",
+                                        "1 while the circuit breaker holds the upstream as unreachable",
+                                        value=1 if breaker.is_open() else 0)
 
         self.registry.register(_Upstream())
+
+    def watch_fills(self, filler: Filler) -> None:
+        """Pull-through fills: started by a whole-file GET or by a Range request (which downloads the
+        whole file too: a 1-byte Range of an uncached file costs the file), bytes, failures."""
+
+        class _Fills(Collector):
+            def collect(self) -> Iterator[Metric]:
+                st = filler.stats
+                started = CounterMetricFamily("hubmirror_fills", "Pull-through fills started, by what asked",
+                                              labels=["trigger"])
+                nbytes = CounterMetricFamily("hubmirror_fill_bytes", "Bytes fetched by pull-through fills",
+                                             labels=["trigger"])
+                for trig in ("full", "range"):
+                    started.add_metric([trig], st.started[trig])
+                    nbytes.add_metric([trig], st.bytes[trig])
+                yield started
+                yield nbytes
+                yield CounterMetricFamily("hubmirror_fills_failed", "Fills that ended without a verified blob",
+                                          value=st.failed)
+                yield CounterMetricFamily("hubmirror_fills_orphaned", "Fills stopped because every client left",
+                                          value=st.orphaned)
+                yield GaugeMetricFamily("hubmirror_fills_in_flight", "Fills running now", value=filler.in_flight)
+
+        self.registry.register(_Fills())
 
 
 def build_app(services: Services) -> web.Application:
     s = services.settings
-    upstream_slots = asyncio.Semaphore(s.upstream_max_concurrency)  # one cap for the whole server
-    client = s.hub_client(semaphore=upstream_slots)
+    # one pair of caps (metadata calls, file bodies) and one circuit breaker for the whole server
+    shared = s.upstream_shared()
+    shared.breaker = CircuitBreaker(cooldown=s.proxy.breaker_cooldown)
+    client = s.hub_client(shared=shared)
     proxy: ProxyReader | None = None
     reader: LocalReader
-    proxy_client = s.hub_client(fail_fast=True, semaphore=upstream_slots)
+    proxy_client = s.hub_client(fail_fast=True, shared=shared)
+    rules = Rules(s.proxy.allow, s.proxy.deny)
+    filler: Filler | None = None
     if s.proxy.enabled:
         filler = Filler(services.store, services.catalog, proxy_client, data_dir=s.data, min_free=int(s.proxy.min_free),
-                        max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None)
+                        max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None,
+                        orphan_grace=s.proxy.orphan_grace, resume_guard=s.proxy.resume_guard)
         proxy = reader = ProxyReader(
             services.catalog, services.store, proxy_client, filler,
-            rules=Rules(s.proxy.allow, s.proxy.deny), cache_rules=Rules(s.proxy.cache_allow, s.proxy.cache_deny),
+            rules=rules, cache_rules=Rules(s.proxy.cache_allow, s.proxy.cache_deny),
             offline=s.proxy.offline, branch_ttl=s.proxy.branch_ttl, negative_ttl=s.proxy.negative_ttl,
             allow_gated=s.proxy.allow_gated,
         )
@@ -159,12 +235,17 @@ def build_app(services: Services) -> web.Application:
     mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,
                             tick=s.scheduler_tick, on_change=reader.forget)
     mirrors.load_config(s.mirrors)
+    checker = UpdateChecker(services.catalog, proxy_client, allows=rules.allows if s.proxy.enabled else None,
+                            offline=s.proxy.offline, allow_gated=s.proxy.allow_gated, ttl=s.proxy.branch_ttl)
     secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
-    api = HubApi(reader, public_url=s.public_url, trust_forwarded=s.trust_forwarded_headers,
-                 mirror_api=MirrorApi(mirrors, secret))
+    trust = ProxyTrust(s.trusted_proxies)
+    AccessLog.trust = trust
+    api = HubApi(reader, public_url=s.public_url, trust=trust, mirror_api=MirrorApi(mirrors, checker, secret))
     metrics = Metrics()
-    metrics.watch_upstream(client, proxy_client)
+    metrics.watch_upstream(shared.breaker, client, proxy_client)
     metrics.watch_catalog(services.catalog)
+    if filler is not None:
+        metrics.watch_fills(filler)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -177,6 +258,8 @@ def build_app(services: Services) -> web.Application:
             if e.status < 400:
                 raise
             resp = json_response({"error": e.reason}, status=e.status, headers={"X-Error-Message": e.reason})
+        except ConnectionError:  # the client went away mid-answer: nothing to tell it, nothing to log
+            raise
         except Exception:
             log.exception("internal error on %s %s", request.method, request.raw_path[:300])
             resp = json_response({"error": "internal server error"}, status=500)
@@ -201,6 +284,8 @@ def build_app(services: Services) -> web.Application:
     background: list[asyncio.Task[None]] = []
 
     async def start(_app: web.Application) -> None:
+        if filler is not None:
+            await filler.start()
         mirrors.start()
         if proxy is not None:
             background.append(asyncio.create_task(proxy.run_flusher()))

@@ -71,12 +71,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
     """Serve the Hub API. Clients set HF_ENDPOINT=http://HOST:PORT."""
     from aiohttp import web
 
-    from .app import AccessLog, build_app, open_services
+    from .app import AccessLog, MalformedRequests, build_app, open_services
 
     s = _settings(ctx, host=host, port=port, data=data, upstream=upstream, public_url=public_url)
     if offline:
         s.proxy.offline = True
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     services = open_services(s)
     app = build_app(services)
     click.echo(f"hubmirror serving {s.data.resolve()} on http://{s.host}:{s.port} "
@@ -90,36 +91,49 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
 @cli.command("import")
 @_config_option
 @click.argument("repo_id")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
 @click.option("--revision", default="main", show_default=True, help="Branch to commit to.")
 @click.option("--message", "-m", help="Commit message.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--skip-links", is_flag=True,
+              help="Skip symlinks that leave FOLDER, dangle, or point to a directory (a warning names "
+                   "each) instead of refusing the import.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def import_(ctx: click.Context, repo_id: str, folder: Path, repo_type: str, revision: str,
-            message: str | None, data: Path | None, as_json: bool) -> None:
-    """Commit FOLDER as a new commit on a branch of REPO_ID (created if needed)."""
+            message: str | None, data: Path | None, skip_links: bool, as_json: bool) -> None:
+    """Commit FOLDER as a new commit on a branch of REPO_ID (created if needed).
+
+    A symlink is followed only to a file inside FOLDER; any other symlink is refused
+    (or skipped with --skip-links).
+    """
     from tqdm import tqdm
 
     from .app import open_services
     from .ingest import import_folder
     from .model.names import RepoRef
 
-    ref = RepoRef.parse(repo_id, repo_type)
-    services = open_services(_settings(ctx, data=data))
-    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"hashing {ref}",
-               disable=as_json or not sys.stderr.isatty())
     try:
-        res = import_folder(services.catalog, services.store, ref, folder, branch=revision, message=message,
-                            progress=bar.update, total=lambda n: setattr(bar, "total", n),
-                            data_dir=services.settings.data)
-    finally:
-        bar.close()
+        ref = RepoRef.parse(repo_id, repo_type)
+        services = open_services(_settings(ctx, data=data))
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"hashing {ref}",
+                  disable=as_json or not sys.stderr.isatty()) as bar:
+            res = import_folder(services.catalog, services.store, ref, folder, branch=revision, message=message,
+                                progress=bar.update, total=lambda n: setattr(bar, "total", n),
+                                data_dir=services.settings.data, skip_links=skip_links,
+                                warn=lambda m: tqdm.write(f"warning: {m}", file=sys.stderr))
+    except HubMirrorError as e:
+        if not as_json:
+            raise  # _Group prints "error: ..." and exits
+        click.echo(json.dumps({"repo_id": repo_id, "repo_type": repo_type, "revision": revision,
+                               "status": "failed", "error": e.message}))
+        sys.exit(2 if e.status == 400 else 1)
     if as_json:
         click.echo(json.dumps({"repo_id": ref.repo_id, "repo_type": ref.repo_type.value, "revision": revision,
-                               "commit": res.commit, "files": res.files, "bytes": res.bytes,
-                               "bytes_written": res.bytes_written, "changed": res.changed}))
+                               "status": "committed" if res.changed else "up-to-date", "commit": res.commit,
+                               "files": res.files, "bytes": res.bytes, "bytes_written": res.bytes_written,
+                               "changed": res.changed}))
     elif res.changed:
         click.echo(f"{ref}@{revision}: committed {res.commit} ({res.files} files, {res.bytes} bytes, "
                    f"{res.bytes_written} bytes new)")

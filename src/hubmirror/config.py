@@ -5,7 +5,7 @@ Loaded once by the entry point and passed down; nothing reads the environment el
 
 from __future__ import annotations
 
-import asyncio
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
-from .hub import HubClient
+from .hub import HubClient, Limits, Shared
 from .model.mirror import MirrorSpec
 
 
@@ -62,6 +62,11 @@ class ProxySettings(BaseModel):
     allow_gated: bool = Field(False, description="serve private/gated upstream repos to anyone (off: never)")
     retries: int = Field(1, ge=0, le=10, description="upstream retries on a client's request path (fail fast)")
     connect_timeout: float = Field(5.0, gt=0, description="seconds to reach the upstream before serving stale")
+    breaker_cooldown: float = Field(15.0, gt=0, le=3600,
+                                    description="seconds an unreachable upstream is not asked again (stale answers)")
+    orphan_grace: float = Field(5.0, ge=0, le=600, description="seconds a fill goes on after its last client left")
+    resume_guard: float = Field(7 * 86400.0, ge=0,
+                                description="seconds a resume of a blob sent unverified by a failed fill is refused")
 
     @field_validator("allow", "deny", "cache_allow", "cache_deny")
     @classmethod
@@ -89,12 +94,21 @@ class Settings(BaseSettings):
     upstream_token: SecretStr | None = Field(None, description="token sent to the upstream, never logged")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in the data dir")
     public_url: str | None = Field(None, description="URL clients use to reach this server (for links)")
-    trust_forwarded_headers: bool = Field(True, description="use X-Forwarded-Proto/Host/Prefix for links")
+    trusted_proxies: list[str] = Field(default_factory=list,
+                                       description="addresses (CIDR) whose X-Forwarded-* headers are believed")
+    trust_forwarded_headers: bool | None = Field(None, description="replaced by trusted_proxies")
     log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
     access_log: bool = Field(True, description="one log line per request")
 
     # upstream client
-    upstream_max_concurrency: int = Field(8, ge=1, le=256, description="upstream requests in flight, at most")
+    upstream_max_concurrency: int = Field(8, ge=1, le=256, description="upstream file downloads in flight")
+    upstream_api_concurrency: int = Field(8, ge=1, le=256, description="upstream metadata calls in flight")
+    upstream_max_json: ByteSize = Field(ByteSize(32 << 20), ge=1024, description="largest upstream JSON answer")
+    upstream_max_entries: int = Field(100_000, ge=1, description="most files and folders an upstream commit may list")
+    upstream_max_pages: int = Field(1000, ge=1, description="most pages of one upstream listing")
+    upstream_api_timeout: float = Field(60.0, gt=0, description="seconds one upstream metadata call may take")
+    upstream_min_rate: ByteSize = Field(ByteSize(8 << 10), ge=0, description="bytes/s a file body must average")
+    upstream_slow_window: float = Field(30.0, gt=0, le=3600, description="seconds over which min_rate is judged")
     upstream_retries: int = Field(5, ge=0, le=20)
     upstream_backoff: float = Field(1.0, gt=0, le=60, description="base of the exponential backoff, seconds")
     upstream_read_timeout: float = Field(60.0, gt=0)
@@ -121,6 +135,24 @@ class Settings(BaseSettings):
     def _public(cls, v: str | None) -> str | None:
         return _http_url(v, "public_url")
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid address or CIDR {net!r} (e.g. 10.0.0.0/8, 127.0.0.1, ::1)") from None
+        return v
+
+    @field_validator("trust_forwarded_headers")
+    @classmethod
+    def _replaced(cls, v: bool | None) -> bool | None:
+        if v is not None:
+            raise ValueError("replaced by trusted_proxies: list the addresses of your reverse proxies "
+                             '(e.g. trusted_proxies = ["127.0.0.1"]); forwarded headers from anyone else are ignored')
+        return v
+
     @property
     def catalog_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data / 'catalog.sqlite3').resolve()}"
@@ -129,23 +161,35 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         return self.data / "blobs"
 
+    @property
+    def upstream_limits(self) -> Limits:
+        return Limits(max_json=int(self.upstream_max_json), max_entries=self.upstream_max_entries,
+                      max_pages=self.upstream_max_pages, api_timeout=self.upstream_api_timeout,
+                      min_rate=int(self.upstream_min_rate), slow_window=self.upstream_slow_window)
+
+    def upstream_shared(self) -> Shared:
+        """The caps (and nothing else) one process shares between its upstream clients."""
+        return Shared.make(self.upstream_api_concurrency, self.upstream_max_concurrency)
+
     def hub_client(
-        self, upstream: str | None = None, *, fail_fast: bool = False, semaphore: asyncio.Semaphore | None = None
+        self, upstream: str | None = None, *, fail_fast: bool = False, shared: Shared | None = None
     ) -> HubClient:
         """The upstream client. `fail_fast` is for requests a client waits on (pull-through):
-        few retries and a short connect timeout, so that cached content is served quickly instead."""
+        few retries, a short connect timeout and the circuit breaker, so that cached content is
+        served quickly instead."""
         token = self.upstream_token.get_secret_value() if self.upstream_token else None
         return HubClient(
             upstream or self.upstream,
             token,
-            max_concurrency=self.upstream_max_concurrency,
             max_retries=self.proxy.retries if fail_fast else self.upstream_retries,
             backoff_base=self.upstream_backoff,
             backoff_max=2.0 if fail_fast else 30.0,
             max_rate_limit_wait=5.0 if fail_fast else 300.0,
             connect_timeout=self.proxy.connect_timeout if fail_fast else 30.0,
             read_timeout=self.upstream_read_timeout,
-            semaphore=semaphore,
+            limits=self.upstream_limits,
+            shared=shared or self.upstream_shared(),
+            fail_fast=fail_fast,
         )
 
 

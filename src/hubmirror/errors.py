@@ -14,6 +14,7 @@ HubMirrorError
 ├── Conflict                     409  a ref moved under a concurrent writer
 ├── SyncBusy                     409  a sync of that repo is already running
 ├── MirrorFrozen                 409  the mirror is frozen: served, not synced
+├── ResumeRefused                409  a resume onto bytes a failed fill sent unverified
 ├── Forbidden                    403  e.g. webhooks without a configured secret
 ├── InsufficientStorage          507  no disk space for a pull-through fill
 ├── Unauthorized                 401
@@ -97,6 +98,11 @@ class SyncBusy(HubMirrorError):
 class MirrorFrozen(HubMirrorError):
     status = 409
     code = "MirrorFrozen"
+
+
+class ResumeRefused(HubMirrorError):
+    status = 409
+    code = "ResumeRefused"
 
 
 class Forbidden(HubMirrorError):

@@ -4,6 +4,8 @@ Range parsing, and a zero-copy blob response."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import ipaddress
 import mimetypes
 import os
 import re
@@ -15,7 +17,17 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from ..errors import EntryNotFound, HubMirrorError, InvalidInput, StoreError
+from ..errors import (
+    DigestMismatch,
+    EntryNotFound,
+    HubMirrorError,
+    InvalidInput,
+    ResumeRefused,
+    SizeMismatch,
+    StoreError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from ..store import BlobStore
 
 EXPOSE = (
@@ -48,7 +60,41 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5
 _PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~\-]+)*$")
 
 
-def base_url(request: web.Request, public_url: str | None, trust_forwarded: bool) -> str:
+class ProxyTrust:
+    """Whose `X-Forwarded-*` headers are believed: only peers in `trusted_proxies` (default:
+    nobody), so that no client can choose the host of the links this server hands out (a cache in
+    front would serve them to everyone) or spoof its address."""
+
+    def __init__(self, networks: list[str]) -> None:
+        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def trusts(self, peer: str | None) -> bool:
+        if not self._nets or not peer:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(addr in n for n in self._nets)
+
+    def client_address(self, request: web.BaseRequest) -> str:
+        """The client's address: the peer, or behind trusted proxies the last untrusted hop of
+        `X-Forwarded-For`."""
+        peer = request.remote or "-"
+        if not self.trusts(peer):
+            return peer
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        for hop in reversed(hops[-20:]):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a malformed chain: believe only what we saw
+            if not self.trusts(hop):
+                return hop
+        return hops[0] if hops else peer
+
+
+def base_url(request: web.Request, public_url: str | None, trust: ProxyTrust) -> str:
     """The URL clients reach this server at, for absolute links (pagination, repo URLs)."""
     if public_url:
         return public_url.rstrip("/")
@@ -56,16 +102,16 @@ def base_url(request: web.Request, public_url: str | None, trust_forwarded: bool
     scheme = request.scheme
     host = h.get("Host") or f"{request.url.host}:{request.url.port}"
     prefix = ""
-    if trust_forwarded:
+    if trust.trusts(request.remote):
         scheme = h.get("X-Forwarded-Proto", scheme).split(",")[0].strip().lower()
         host = h.get("X-Forwarded-Host", host).split(",")[0].strip()
         prefix = h.get("X-Forwarded-Prefix", "").strip().rstrip("/")
     if scheme not in ("http", "https"):
-        raise InvalidInput(f"invalid X-Forwarded-Proto {scheme!r}: expected http or https")
+        raise InvalidInput(f"invalid X-Forwarded-Proto {scheme[:100]!r}: expected http or https")
     if not _HOST_RE.match(host):
-        raise InvalidInput(f"invalid Host or X-Forwarded-Host header {host!r}")
+        raise InvalidInput(f"invalid Host or X-Forwarded-Host header {host[:300]!r}")
     if not _PREFIX_RE.match(prefix):
-        raise InvalidInput(f"invalid X-Forwarded-Prefix header {prefix!r}")
+        raise InvalidInput(f"invalid X-Forwarded-Prefix header {prefix[:300]!r}")
     return f"{scheme}://{host}{prefix}"
 
 
@@ -79,31 +125,38 @@ class RangeNotSatisfiable(Exception):
     pass
 
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*$", re.IGNORECASE)
+_HUGE = 10**18  # larger than any blob; digits past this are not converted (no 5,000-digit int())
+
+
+def _number(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return _HUGE if len(digits) > 18 else int(digits)
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range; None means "send everything".
 
-    Syntactically invalid or multi-range headers are ignored (RFC 9110 allows that);
-    a range that starts past the end raises RangeNotSatisfiable.
+    Syntactically invalid, multi-range and reversed (`b < a`) headers are ignored, as RFC 9110
+    allows; a range that starts at or past the end (or any range of an empty file) raises
+    RangeNotSatisfiable. Numbers of any length are accepted without converting them whole.
     """
     if not header:
         return None
-    m = _RANGE_RE.match(header.strip().replace(" ", ""))
+    m = _RANGE_RE.match(header.strip())
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)
     if first:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-        if last and int(last) < start:
+        start = _number(first)
+        if last and _number(last) < start:
             return None
+        end = min(_number(last) + 1, size) if last else size
         if start >= size:
             raise RangeNotSatisfiable
         return ByteRange(start, end)
-    n = int(last)
-    if n == 0:
+    n = _number(last)
+    if n == 0 or size == 0:
         raise RangeNotSatisfiable
     return ByteRange(max(0, size - n), size)
 
@@ -125,13 +178,20 @@ async def send_blob(
     size: int,
     headers: dict[str, str],
     etag: str,
+    *,
+    path: str = "",
+    refuse_resume: bool = False,
 ) -> web.StreamResponse:
-    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible."""
+    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible.
+    `refuse_resume`: a failed fill sent unverified bytes of this blob; a Range past byte 0 could
+    stitch them to these (see proxy/fill.py), so it is refused."""
     status = 200
     rng, early = await _negotiate(request, size, headers, etag)
     if early is not None:
         return early
     start, end = (rng.start, rng.end) if rng else (0, size)
+    if refuse_resume and start > 0 and request.method != "HEAD":
+        raise _resume_refused(path)
     count = end - start
     if rng is not None:
         status = 206
@@ -207,89 +267,107 @@ def _etag_in(etag: str, header: str) -> bool:
     return "*" in tags or etag in tags
 
 
+def _resume_refused(path: str) -> ResumeRefused:
+    return ResumeRefused(
+        f"cannot resume {path}: an earlier transfer of it sent bytes that were never verified (the upstream "
+        f"failed, or the transfer stopped); download it again from the first byte (curl: without -C)"
+    )
+
+
+def _client_error(e: BaseException, path: str) -> HubMirrorError:
+    """What a client whose fill failed before its first byte is told (a fresh object per client)."""
+    if isinstance(e, (DigestMismatch, SizeMismatch)):
+        return UpstreamError(f"the upstream's bytes of {path} failed verification; nothing was kept")
+    if isinstance(e, HubMirrorError):
+        return copy.copy(e)
+    return UpstreamUnavailable(f"fetching {path} from the upstream stopped ({e.__class__.__name__})")
+
+
 async def send_fill(
-    request: web.Request, store: BlobStore, fill: Any, size: int, headers: dict[str, str], etag: str
+    request: web.Request, handle: Any, size: int, headers: dict[str, str], etag: str, *, path: str,
+    refuse_resume: bool = False,
 ) -> web.StreamResponse:
     """Stream a file that is being fetched from the upstream (see proxy/fill.py).
 
     Waits for the first byte before answering, so an upstream that fails at once gives the client
-    a proper error. Holds back the final byte of the body until the blob is verified; on a failed
-    verification or a cut upstream the connection is aborted, so the client never sees a clean end.
+    a proper error. Any response that carries bytes not verified yet holds back its last byte
+    until the whole blob is verified (whole bodies and every Range alike); on a failed
+    verification, a cut upstream or a stopped fill the connection is aborted, so no client ever
+    sees a clean end of unverified bytes.
     """
-    if fill.fd is None:  # a store without a local spool: wait for the whole blob
-        await fill.done.wait()
+    with handle:
+        fill = handle.fill
+        rng, early = await _negotiate(request, size, headers, etag)
+        if early is not None:
+            return early
+        start, end = (rng.start, rng.end) if rng else (0, size)
+        if refuse_resume and start > 0:
+            raise _resume_refused(path)
+        while fill.written < min(size, start + 1) and not fill.done.is_set():
+            await fill.wait_change(fill.written, 1.0)
+            _check_client(request)
         if fill.error is not None:
-            raise fill.error
-        return await send_blob(request, store, fill.sha256, size, headers, etag)
-    rng, early = await _negotiate(request, size, headers, etag)
-    if early is not None:
-        return early
-    start, end = (rng.start, rng.end) if rng else (0, size)
-    await fill.wait_for(min(size, start + 1))
-    if fill.error is not None:
-        raise fill.error
-    fd = fill.fd
-    status = 206 if rng else 200
-    if rng:
-        headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
-    resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = end - start
-    await resp.prepare(request)
-    if request.method == "HEAD":
+            raise _client_error(fill.error, path)
+        status = 206 if rng else 200
+        if rng:
+            headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = end - start
+        await resp.prepare(request)
+        if request.method == "HEAD" or end == start:
+            await resp.write_eof()
+            return resp
+        spool = os.fdopen(handle.fd, "rb", buffering=0, closefd=False)
+        try:
+            if await _stream_fill(request, resp, fill, spool, start, end):
+                await resp.write_eof()
+        finally:
+            spool.close()
         return resp
-    hold = 1 if end == size and end > start else 0
-    pos = start
-    loop = asyncio.get_running_loop()
-    spool = os.fdopen(os.dup(fd), "rb", buffering=0)
-    try:
-        return await _stream_fill(request, resp, fill, spool, loop, pos, end, hold)
-    finally:
-        spool.close()
+
+
+def _check_client(request: web.Request) -> None:
+    t = request.transport
+    if t is None or t.is_closing():
+        raise ConnectionResetError("the client went away")
 
 
 async def _stream_fill(
-    request: web.Request, resp: web.StreamResponse, fill: Any, spool: Any, loop: asyncio.AbstractEventLoop,
-    pos: int, end: int, hold: int,
-) -> web.StreamResponse:
+    request: web.Request, resp: web.StreamResponse, fill: Any, spool: Any, pos: int, end: int
+) -> bool:
+    """Send [pos, end) as the fill writes it; False (connection aborted) if it ends unverified."""
+    loop = asyncio.get_running_loop()
     fd = spool.fileno()
-    while pos < end - hold:
-        target = min(end - hold, pos + CHUNK)
-        if fill.written < target and not fill.done.is_set():
-            await fill.wait_for(min(target, fill.written + 1))
+    while pos < end:
         if fill.error is not None:
             _abort(request)
-            return resp
-        avail = min(fill.written, end - hold)
-        if avail <= pos:
-            if fill.done.is_set():
-                _abort(request)
-                return resp
+            return False
+        limit = end if fill.verified else end - 1  # the last byte waits for the verdict
+        avail = min(fill.written, limit)
+        if avail > pos:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            count = min(avail - pos, CHUNK)
+            if not fill.verified:
+                fill.sent_unverified = True
+            try:
+                # zero-copy from the spool file, which the fill keeps writing behind us
+                await loop.sendfile(transport, spool, pos, count)
+            except NotImplementedError:
+                await resp.write(await asyncio.to_thread(os.pread, fd, count, pos))
+            pos += count
             continue
-        transport = request.transport
-        if transport is None:
-            return resp
-        try:
-            # zero-copy from the spool file, which the fill keeps writing behind us
-            await loop.sendfile(transport, spool, pos, avail - pos)
-        except NotImplementedError:
-            data = await asyncio.to_thread(os.pread, fd, avail - pos, pos)
-            await resp.write(data)
-        pos = avail
-    if hold:
-        await fill.done.wait()
-        if fill.error is not None:
-            _abort(request)
-            return resp
-        data = await asyncio.to_thread(os.pread, fd, end - pos, pos)
-        if len(data) != end - pos:
-            _abort(request)
-            return resp
-        await resp.write(data)
-    await resp.write_eof()
-    return resp
+        if fill.done.is_set() and not fill.verified:
+            _abort(request)  # ended without a verdict in favour: never a clean end
+            return False
+        if not fill.done.is_set():
+            await fill.wait_change(fill.written, 1.0)
+            _check_client(request)
+    return True
 
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 
 
 def _abort(request: web.Request) -> None:

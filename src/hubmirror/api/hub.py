@@ -17,6 +17,7 @@ from ..model.names import RepoType, validate_path
 from ..reader import LocalReader, Snapshot
 from .http import (
     EXPOSE,
+    ProxyTrust,
     base_url,
     content_disposition,
     guess_type,
@@ -35,12 +36,12 @@ MAX_PATHS_INFO = 1000
 
 class HubApi:
     def __init__(
-        self, reader: LocalReader, *, public_url: str | None, trust_forwarded: bool, mirror_api: Any = None
+        self, reader: LocalReader, *, public_url: str | None, trust: ProxyTrust, mirror_api: Any = None
     ) -> None:
         self.reader = reader
         self.mirror_api = mirror_api
         self.public_url = public_url
-        self.trust_forwarded = trust_forwarded
+        self.trust = trust
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -112,10 +113,13 @@ class HubApi:
             headers["X-Linked-Size"] = str(e.size)
         if hit.stale:
             headers["X-HubMirror-Stale"] = header_safe(hit.stale)
-        src = await self.reader.open_blob(hit, head=request.method == "HEAD")
+        src = await self.reader.open_blob(hit, head=request.method == "HEAD", partial="Range" in request.headers)
+        where = f"{route.repo}/{e.path}"
         if src.fill is not None:
-            return await send_fill(request, self.reader.store, src.fill, e.size, headers, etag)
-        return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag)
+            return await send_fill(request, src.fill, e.size, headers, etag, path=where,
+                                   refuse_resume=src.refuse_resume)
+        return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag, path=where,
+                               refuse_resume=src.refuse_resume)
 
     # -- repo info --------------------------------------------------------------------------
 
@@ -192,7 +196,7 @@ class HubApi:
             entries = entries[:limit]
             params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "cursor"]
             params.append(("cursor", _encode_cursor(entries[-1].path)))
-            base = base_url(request, self.public_url, self.trust_forwarded)
+            base = base_url(request, self.public_url, self.trust)
             raw_path = request.raw_path.split("?", 1)[0]
             headers["Link"] = f'<{base}{raw_path}?{urlencode(params)}>; rel="next"'
         return json_response(await self._entries_json(snap, entries, expand), headers=headers)
@@ -275,7 +279,7 @@ class HubApi:
         if (page + 1) * COMMITS_PAGE < len(log):
             params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "p"]
             params.append(("p", str(page + 1)))
-            base = base_url(request, self.public_url, self.trust_forwarded)
+            base = base_url(request, self.public_url, self.trust)
             headers["Link"] = f'<{base}{request.raw_path.split("?", 1)[0]}?{urlencode(params)}>; rel="next"'
         return json_response(items, headers=headers)
 

@@ -12,14 +12,16 @@ from aiohttp import web
 
 from ..errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from ..model.names import RepoType, validate_revision
+from ..sync.check import UpdateChecker
 from ..sync.service import MirrorService
-from .http import json_response
+from .http import header_safe, json_response
 from .routing import repo_from_segments
 
 
 class MirrorApi:
-    def __init__(self, service: MirrorService, webhook_secret: str | None) -> None:
+    def __init__(self, service: MirrorService, checker: UpdateChecker, webhook_secret: str | None) -> None:
         self.service = service
+        self.checker = checker
         self.secret = webhook_secret
 
     async def dispatch(self, request: web.Request, segs: list[str]) -> web.StreamResponse:
@@ -37,7 +39,10 @@ class MirrorApi:
             except UnicodeDecodeError:
                 raise InvalidInput("invalid revision: not valid UTF-8 after percent-decoding") from None
             rev = validate_revision(query.get("revision", "main"))
-            return json_response(await self.service.check_update(ref, rev))
+            if rev == "HEAD":
+                rev = "main"
+            answer, stale = await self.checker.check(ref, rev)
+            return json_response(answer, headers={"X-HubMirror-Stale": header_safe(stale)} if stale else None)
         raise NotFound(f"no such API route: /api/{'/'.join(segs)[:200]}")
 
     async def webhook(self, request: web.Request) -> web.StreamResponse:

@@ -102,8 +102,14 @@ def _api_route(repo: RepoRef, tail: list[str]) -> Route:
     raise InvalidInput(f"unknown API route for {repo}: /{'/'.join(tail)}")
 
 
+DEFAULT_BRANCH = "main"
+
+
 def _revision(raw: str) -> str:
-    return validate_revision(decode_segment(raw, "revision"))
+    """A revision segment; `HEAD` (what the JavaScript client asks for by default) is the
+    default branch."""
+    rev = validate_revision(decode_segment(raw, "revision"))
+    return DEFAULT_BRANCH if rev == "HEAD" else rev
 
 
 def parse_file(segs: list[str]) -> list[Route]:

@@ -14,16 +14,24 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
-from ..errors import Conflict, RevisionNotFound
+from ..errors import Conflict, InsufficientStorage, RevisionNotFound
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, RepoType, is_commit_sha
 from . import schema as t
 from .lifecycle import LifecycleQueries
 from .mirrors import MirrorQueries
+from .proxy import ProxyQueries
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100)."""
+    if "database or disk is full" in str(e):
+        return True
+    return getattr(e, "sqlstate", None) == "53100" or getattr(e, "pgcode", None) == "53100"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +55,7 @@ def branch_ref(name: str) -> str:
     return name if name.startswith("refs/") else f"refs/heads/{name}"
 
 
-class Catalog(MirrorQueries, LifecycleQueries):
+class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries):
     def __init__(self, url: str) -> None:
         self.url = url
         is_sqlite = url.startswith("sqlite")
@@ -57,6 +65,15 @@ class Catalog(MirrorQueries, LifecycleQueries):
             connect_args={"timeout": 60, "check_same_thread": False} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
         )
+
+        @sa.event.listens_for(self.engine, "handle_error")
+        def _disk_full(ctx: Any) -> BaseException | None:
+            if _is_disk_full(ctx.original_exception):
+                # the answer callers and clients understand: 507, "InsufficientStorage"
+                return InsufficientStorage("the catalog cannot be written: its disk is full (free some space; "
+                                           "everything stored keeps being served)")
+            return None
+
         if is_sqlite:
 
             @sa.event.listens_for(self.engine, "connect")
@@ -354,3 +371,13 @@ class Catalog(MirrorQueries, LifecycleQueries):
         with self.engine.connect() as c:
             rows = c.execute(sa.select(t.commits).where(t.commits.c.repo == repo.pk, t.commits.c.sha.in_(shas))).all()
         return {r.sha: self._commit(r) for r in rows}
+
+    def sha256_for_oid(self, oid: str) -> str | None:
+        """A stored regular file with this git blob id, so a sync can reuse it without downloading."""
+        with self.engine.connect() as c:
+            r = c.execute(
+                sa.select(t.entries.c.sha256)
+                .where(t.entries.c.oid == oid, t.entries.c.type == "file", t.entries.c.lfs == sa.false())
+                .limit(1)
+            ).first()
+        return str(r.sha256) if r and r.sha256 else None

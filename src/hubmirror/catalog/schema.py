@@ -173,3 +173,14 @@ repo_gone = sa.Table(
     sa.Column("since", sa.DateTime, nullable=False),
     sa.Column("message", sa.Text, nullable=False, server_default=""),
 )
+
+# 0005: a row per pull-through fill while it runs; kept when the fill ended unverified after
+# sending bytes to a client (or its process died), so that resumes onto those bytes are refused
+unverified_fills = sa.Table(
+    "unverified_fills",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(80), nullable=False),  # sha256:<hex> (LFS) or oid:<git blob sha1>
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Index("ix_unverified_fills_key", "key"),
+)

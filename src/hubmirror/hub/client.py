@@ -1,12 +1,20 @@
 """Client for an upstream Hub (huggingface.co, or another hubmirror).
 
-* one pooled aiohttp session and a global cap on requests in flight;
+* one pooled aiohttp session; two caps on requests in flight, shared by every client of the
+  process: one for metadata calls and one for file bodies, so that API calls never queue behind
+  bulk downloads. A slot is held only while a request is on the wire: never while waiting out a
+  backoff or a 429;
 * retries with exponential backoff and full jitter on connection errors, 408 and 5xx; on 429 it
   waits what `RateLimit: ...;t=N` or `Retry-After` says (the Hub allows ~1,000 API calls per
   5 minutes per token), and every request sent is counted;
-* downloads follow redirects by hand: http(s) only, at most 5 hops, and the token goes only to
-  the upstream's own origin, never to a CDN it redirects to; an interrupted body resumes with
-  `Range` from the original resolve URL (signed CDN URLs expire);
+* every answer is bounded: JSON bodies (`max_json`), error bodies (4 KiB are read, the rest is
+  dropped with the connection), pages and entries of a listing, the total time of a metadata
+  call, and the pace of a file body (`min_rate` bytes per second over `slow_window` seconds);
+* downloads follow redirects by hand: http(s) only, no credentials in the URL, at most 5 hops,
+  and the token goes only to the upstream's own origin, never to a CDN it redirects to; an
+  interrupted body resumes with `Range` from the original resolve URL (signed CDN URLs expire);
+* a circuit breaker (breaker.py) remembers an unreachable upstream, so fail-fast clients (the
+  pull-through path) answer from the cache at once instead of paying a timeout per request;
 * what the upstream says is validated like client input: paths, shas, sizes, links.
 """
 
@@ -17,10 +25,11 @@ import email.utils
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
@@ -40,13 +49,17 @@ from ..errors import (
 )
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha, validate_path
+from .breaker import CircuitBreaker
 
 log = logging.getLogger("hubmirror.upstream")
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
+ERROR_BODY_MAX = 4096
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_NET_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError)
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,7 +70,34 @@ class UpstreamStats:
     bytes: int = 0
     retries: int = 0
     rate_limited: int = 0
+    too_slow: int = 0  # file bodies aborted for not making minimum progress
+    short_circuited: int = 0  # requests not sent because the breaker was open
     by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one upstream answer may cost us (settings `upstream_*`)."""
+
+    max_json: int = 32 << 20
+    max_entries: int = 100_000
+    max_pages: int = 1_000
+    api_timeout: float = 60.0
+    min_rate: int = 8 << 10
+    slow_window: float = 30.0
+
+
+@dataclass
+class Shared:
+    """What every upstream client of one process shares: the two caps and the breaker."""
+
+    api_slots: asyncio.Semaphore
+    file_slots: asyncio.Semaphore
+    breaker: CircuitBreaker | None = None
+
+    @classmethod
+    def make(cls, api: int, files: int, breaker: CircuitBreaker | None = None) -> Shared:
+        return cls(asyncio.Semaphore(api), asyncio.Semaphore(files), breaker)
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -66,22 +106,46 @@ def _origin(url: str) -> tuple[str, str, int]:
     return (u.scheme, (u.hostname or "").lower(), port)
 
 
+def _usable(url: str, what: str) -> str:
+    """A URL the upstream pointed us at: http(s), a host, no credentials."""
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise UpstreamError(f"{what}: upstream pointed at an invalid URL") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise UpstreamError(f"{what}: upstream redirected to a non-http URL")
+    if u.username is not None or u.password is not None:
+        raise UpstreamError(f"{what}: upstream redirected to a URL with credentials in it; not followed")
+    return url
+
+
 def retry_after(resp: aiohttp.ClientResponse) -> float | None:
     """Seconds to wait from the Hub's `RateLimit` header or a standard `Retry-After`."""
     rl = resp.headers.get("RateLimit", "")
-    m = re.search(r";\s*t=(\d+)", rl)
+    m = re.search(r";\s*t=(\d{1,9})\b", rl)
     if m:
         return float(m.group(1)) + 1
-    ra = resp.headers.get("Retry-After")
+    ra = resp.headers.get("Retry-After", "").strip()
     if ra:
-        if ra.strip().isdigit():
-            return float(ra.strip())
+        if ra.isdigit():
+            return float(ra[:9])
         try:
             when = email.utils.parsedate_to_datetime(ra)
             return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return None
+
+
+async def _drop(resp: aiohttp.ClientResponse) -> bytes:
+    """The first bytes of an answer we will not use (an error), then close its connection."""
+    try:
+        return await resp.content.read(ERROR_BODY_MAX)
+    except _NET_ERRORS:
+        return b""
+    finally:
+        resp.close()
 
 
 class HubClient:
@@ -97,18 +161,24 @@ class HubClient:
         max_rate_limit_wait: float = 300.0,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
-        semaphore: asyncio.Semaphore | None = None,
+        limits: Limits | None = None,
+        shared: Shared | None = None,
+        fail_fast: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._origin = _origin(self.base_url)
         self._token = token
-        # shared between the clients of one process, so the cap on upstream requests is global
-        self._sem = semaphore or asyncio.Semaphore(max_concurrency)
+        self._shared = shared or Shared.make(max_concurrency, max_concurrency)
+        self.fail_fast = fail_fast
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_rate_limit_wait = max_rate_limit_wait
+        self.limits = limits or Limits()
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._api_timeout = aiohttp.ClientTimeout(
+            total=self.limits.api_timeout, connect=connect_timeout, sock_read=read_timeout
+        )
         self._session: aiohttp.ClientSession | None = None
         self.stats = UpstreamStats()
 
@@ -118,6 +188,10 @@ class HubClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._shared.breaker
+
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
@@ -126,6 +200,8 @@ class HubClient:
                 headers={"User-Agent": f"hubmirror/{__version__}"},
                 auto_decompress=False,
                 read_bufsize=4 << 20,  # large reads: fewer wake-ups and thread hops per GiB
+                max_line_size=16 << 10,
+                max_field_size=16 << 10,
             )
         return self._session
 
@@ -147,76 +223,137 @@ class HubClient:
             wait = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
         self.stats.retries += 1
         log.info("upstream %s: retry %d in %.2fs", what, attempt + 1, wait)
-        await asyncio.sleep(wait)
+        await asyncio.sleep(wait)  # no slot is held while waiting
 
-    async def _send(
-        self, method: str, url: str, kind: str, *, headers: dict[str, str] | None = None, data: Any = None
-    ) -> aiohttp.ClientResponse:
-        """One request with retries; returns an open response (caller releases it)."""
+    def _gate(self, url: str) -> None:
+        b = self._shared.breaker
+        if b is not None and self.fail_fast and not b.allow():
+            self.stats.short_circuited += 1
+            raise UpstreamUnavailable(
+                f"upstream {_safe(url)} skipped: it failed recently ({b.reason}); next try in {b.retry_in():.0f}s"
+            )
+
+    def _failed(self, reason: str, wait: float | None = None) -> None:
+        if self._shared.breaker is not None:
+            self._shared.breaker.failure(reason, wait=wait)
+
+    def _answered(self) -> None:
+        if self._shared.breaker is not None:
+            self._shared.breaker.success()
+
+    async def _request(
+        self,
+        url: str,
+        kind: str,
+        consume: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+        *,
+        headers: dict[str, str] | None = None,
+        files: bool = False,
+    ) -> T:
+        """GET with retries. `consume` reads the answer (any status but a retried one) while this
+        request holds its slot; the slot is released before every wait."""
+        slots = self._shared.file_slots if files else self._shared.api_slots
+        timeout = self._timeout if files else self._api_timeout
         attempt = 0
         while True:
-            self.stats.calls += 1
-            self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
-            try:
-                resp = await self._sess().request(
-                    method, url, headers=self._headers_for(url, headers), data=data, allow_redirects=False
-                )
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError) as e:
-                if attempt >= self.max_retries:
+            self._gate(url)
+            wait: float | None = None
+            async with slots:
+                self.stats.calls += 1
+                self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
+                try:
+                    resp = await self._sess().get(
+                        url, headers=self._headers_for(url, headers), allow_redirects=False, timeout=timeout
+                    )
+                except (aiohttp.InvalidURL, ValueError) as e:
+                    raise UpstreamError(f"upstream URL {_safe(url)} is invalid") from e
+                except _NET_ERRORS as e:
                     # the exception text names hosts: it goes to the log (for operators), not into
                     # the message (which can reach clients)
                     log.warning("upstream %s unreachable: %r", _safe(url), e)
-                    raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable ({e.__class__.__name__})") from e
-                await self._backoff(attempt, None, f"{kind} {e.__class__.__name__}")
-                attempt += 1
-                continue
-            if resp.status not in RETRY_STATUS:
-                return resp
-            wait = retry_after(resp) if resp.status in (429, 503) else None
-            body = (await resp.read())[:300]
-            resp.release()
-            if resp.status == 429:
-                self.stats.rate_limited += 1
-            if attempt >= self.max_retries or (wait is not None and wait > self.max_rate_limit_wait):
-                what = "rate limited" if resp.status == 429 else f"answered {resp.status}"
-                raise UpstreamUnavailable(f"upstream {what} for {_safe(url)}: {body.decode('utf-8', 'replace')}")
-            await self._backoff(attempt, wait, f"{kind} {resp.status}")
+                    self._failed(e.__class__.__name__)
+                    if attempt >= self.max_retries:
+                        raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable ({e.__class__.__name__})") from e
+                    failure = f"{kind} {e.__class__.__name__}"
+                else:
+                    if resp.status not in RETRY_STATUS:
+                        if resp.status < 500:
+                            self._answered()
+                        try:
+                            return await consume(resp)
+                        finally:
+                            resp.release()  # closes the connection if the body was not read to its end
+                    wait = retry_after(resp) if resp.status in (429, 503) else None
+                    body = await _drop(resp)
+                    if resp.status == 429:
+                        self.stats.rate_limited += 1
+                    if resp.status == 429 or (resp.status in (502, 503, 504) and not files):
+                        # a gateway error of the API says the upstream is down; a 500 or a failing
+                        # file is about one request
+                        self._failed(f"answered {resp.status}", wait if resp.status == 429 else None)
+                    too_long = wait is not None and wait > self.max_rate_limit_wait
+                    if attempt >= self.max_retries or too_long:
+                        what = "rate limited" if resp.status == 429 else f"answered {resp.status}"
+                        raise UpstreamUnavailable(f"upstream {what} for {_safe(url)}: "
+                                                  f"{body[:300].decode('utf-8', 'replace')}")
+                    failure = f"{kind} {resp.status}"
+            await self._backoff(attempt, wait, failure)
             attempt += 1
 
-    async def _json(self, url: str, kind: str, *, what: str) -> tuple[Any, aiohttp.ClientResponse]:
-        async with self._sem:
-            hops = 0
-            while True:
-                resp = await self._send("GET", url, kind)
-                try:
-                    if resp.status in (301, 302, 307, 308) and "Location" in resp.headers:
-                        # the Hub redirects legacy single-segment ids; follow same-origin only
-                        target = urljoin(url, resp.headers["Location"])
-                        hops += 1
-                        if _origin(target) != self._origin or hops > MAX_REDIRECTS:
-                            raise UpstreamError(f"upstream redirected {what} to {_safe(target)}; not followed")
-                        url = target
-                        continue
-                    if resp.status >= 400:
-                        raise await self._error(resp, what)
-                    body = await resp.read()
-                    self.stats.bytes += len(body)
-                    try:
-                        return orjson.loads(body), resp
-                    except orjson.JSONDecodeError as e:
-                        raise UpstreamError(f"upstream sent invalid JSON for {what}") from e
-                finally:
-                    resp.release()
+    async def _read_json(self, resp: aiohttp.ClientResponse, what: str) -> Any:
+        limit = self.limits.max_json
+        if resp.content_length is not None and resp.content_length > limit:
+            raise UpstreamError(f"{what}: upstream answer of {resp.content_length} bytes is larger than "
+                                f"upstream_max_json ({limit})")
+        parts: list[bytes] = []
+        got = 0
+        while chunk := await resp.content.read(1 << 20):
+            got += len(chunk)
+            if got > limit:
+                raise UpstreamError(f"{what}: upstream answer is larger than upstream_max_json ({limit} bytes)")
+            parts.append(chunk)
+        body = b"".join(parts)
+        self.stats.bytes += len(body)
+        try:
+            if len(body) > 256 << 10:  # parsing megabytes would stall every other request
+                return await asyncio.to_thread(orjson.loads, body)
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise UpstreamError(f"upstream sent invalid JSON for {what}") from e
+
+    async def _json(self, url: str, kind: str, *, what: str) -> tuple[Any, dict[str, str]]:
+        """A JSON answer and its `Link` targets, following same-origin redirects (the Hub
+        redirects renamed repos)."""
+        for _hop in range(MAX_REDIRECTS + 1):
+
+            async def consume(resp: aiohttp.ClientResponse) -> tuple[str, Any, dict[str, str]]:
+                if resp.status in (301, 302, 307, 308) and "Location" in resp.headers:
+                    return "redirect", resp.headers["Location"], {}
+                if resp.status >= 400:
+                    raise await self._error(resp, what)
+                links = {str(k): str(v.get("url", "")) for k, v in resp.links.items()}
+                return "ok", await self._read_json(resp, what), links
+
+            state, value, links = await self._request(url, kind, consume)
+            if state == "ok":
+                return value, links
+            target = _usable(urljoin(url, str(value)), what)
+            if _origin(target) != self._origin:
+                raise UpstreamError(f"upstream redirected {what} to {_safe(target)}; not followed")
+            url = target
+        raise UpstreamError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
     async def _error(self, resp: aiohttp.ClientResponse, what: str) -> HubMirrorError:
-        code = resp.headers.get("X-Error-Code", "")
-        msg = resp.headers.get("X-Error-Message") or (await resp.read())[:300].decode("utf-8", "replace")
+        code = resp.headers.get("X-Error-Code", "")[:100]
+        msg = resp.headers.get("X-Error-Message", "")[:300] or (await _drop(resp))[:300].decode("utf-8", "replace")
         if code == "RepoNotFound" or (resp.status == 401 and not code):
             return RepoNotFound(f"{what}: upstream says repository not found (or private/no access): {msg}")
         if code == "RevisionNotFound":
             return RevisionNotFound(f"{what}: upstream says revision not found: {msg}")
         if code == "EntryNotFound":
-            return EntryNotFound(f"{what}: upstream says entry not found: {msg}", commit=resp.headers.get("X-Repo-Commit"))
+            commit = resp.headers.get("X-Repo-Commit")
+            return EntryNotFound(f"{what}: upstream says entry not found: {msg}",
+                                 commit=commit if commit and is_commit_sha(commit) else None)
         if code == "GatedRepo":
             return GatedRepo(f"{what}: upstream says the repo is gated: {msg}")
         if resp.status == 404:
@@ -244,9 +381,14 @@ class HubClient:
         if not isinstance(data, dict):
             raise UpstreamError(f"{ref}: upstream refs answer is not an object")
         for key in ("branches", "tags", "converts"):
-            for item in data.get(key) or []:
+            items = data.get(key) or []
+            if not isinstance(items, list):
+                raise UpstreamError(f"{ref}: upstream refs answer has a malformed {key!r}")
+            for item in items[: self.limits.max_entries]:
+                if not isinstance(item, dict):
+                    continue
                 name, commit = item.get("ref"), item.get("targetCommit")
-                if isinstance(name, str) and isinstance(commit, str) and is_commit_sha(commit):
+                if isinstance(name, str) and isinstance(commit, str) and is_commit_sha(commit) and len(name) <= 300:
                     out[name] = commit
         return out
 
@@ -256,25 +398,32 @@ class HubClient:
         """Each JSON list page of a paginated answer, following `Link: rel="next"` on the upstream's
         own origin only. Past `max_pages`: an error if the listing `must_end`, else just stop."""
         for _ in range(max_pages):
-            data, resp = await self._json(url, kind, what=what)
+            data, links = await self._json(url, kind, what=what)
             if not isinstance(data, list):
                 raise UpstreamError(f"{what}: upstream page is not a list")
+            nxt = links.get("next")
+            if nxt and not data:
+                raise UpstreamError(f"{what}: upstream sent an empty page that links to another")
             yield data
-            nxt = resp.links.get("next")
             if not nxt:
                 return
-            target = urljoin(url, str(nxt["url"]))
+            target = _usable(urljoin(url, nxt), what)
             if _origin(target) != self._origin:
                 raise UpstreamError(f"{what}: upstream pagination link leaves its origin ({_safe(target)})")
             url = target
         if must_end:
-            raise UpstreamError(f"{what}: upstream pagination does not end")
+            raise UpstreamError(f"{what}: upstream listing has more than {max_pages} pages (upstream_max_pages)")
 
     async def tree(self, ref: RepoRef, commit: str) -> list[Entry]:
-        """Every file and directory of a commit (recursive), validated."""
+        """Every file and directory of a commit (recursive), validated and bounded."""
         url = self._api(ref, "tree", commit) + "?recursive=true&expand=false"
         out: list[Entry] = []
-        async for page in self._pages(url, "tree", f"{ref}@{commit[:8]} tree", max_pages=100_000, must_end=True):
+        what = f"{ref}@{commit[:8]} tree"
+        limit = self.limits.max_entries
+        async for page in self._pages(url, "tree", what, max_pages=self.limits.max_pages, must_end=True):
+            if len(out) + len(page) > limit:
+                raise UpstreamError(f"{what}: the upstream lists more than {limit} files and folders "
+                                    f"(upstream_max_entries)")
             out.extend(_entry(item, ref, commit) for item in page)
         return out
 
@@ -284,13 +433,9 @@ class HubClient:
         out: list[Commit] = []
         async for page in self._pages(url, "commits", f"{ref}@{commit[:8]} commits", max_pages=max_pages,
                                       must_end=False):
-            for item in page:
+            for item in page[:1000]:
                 if isinstance(item, dict) and is_commit_sha(str(item.get("id", ""))):
-                    authors = item.get("authors") or []
-                    author = str(authors[0].get("user", "")) if authors and isinstance(authors[0], dict) else ""
-                    out.append(Commit(sha=str(item["id"]), title=str(item.get("title", ""))[:1000],
-                                      message=str(item.get("message", ""))[:100_000], author=author[:200],
-                                      date=_parse_time(item.get("date"))))
+                    out.append(_commit(item, str(item["id"])))
         for i, c in enumerate(out[:-1]):
             out[i] = Commit(c.sha, [out[i + 1].sha], c.title, c.message, c.author, c.date)
         return out
@@ -299,18 +444,10 @@ class HubClient:
         data, _ = await self._json(self._api(ref, "commits", commit), "commits", what=f"{ref}@{commit[:8]} commits")
         if not isinstance(data, list) or not data or not isinstance(data[0], dict) or data[0].get("id") != commit:
             return Commit(commit)
-        head = data[0]
-        parents = [str(data[1]["id"])] if len(data) > 1 and is_commit_sha(str(data[1].get("id", ""))) else []
-        authors = head.get("authors") or []
-        author = str(authors[0].get("user", "")) if authors and isinstance(authors[0], dict) else ""
-        return Commit(
-            sha=commit,
-            parents=parents,
-            title=str(head.get("title", ""))[:1000],
-            message=str(head.get("message", ""))[:100_000],
-            author=author[:200],
-            date=_parse_time(head.get("date")),
-        )
+        head = _commit(data[0], commit)
+        parents = [str(data[1]["id"])] if len(data) > 1 and isinstance(data[1], dict) \
+            and is_commit_sha(str(data[1].get("id", ""))) else []
+        return Commit(head.sha, parents, head.title, head.message, head.author, head.date)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -329,29 +466,29 @@ class HubClient:
     ) -> int:
         """Stream a file's bytes to `write`, resuming with Range after a cut. Returns bytes written.
 
-        The caller verifies the digest; this checks the length.
+        The caller verifies the digest; this checks the length and the pace.
         """
         url = self.file_url(ref, commit, path)
         progress = _Received()
         resumes = 0
-        async with self._sem:
-            while True:
-                try:
-                    await self._download_once(url, write, progress, expected_size, f"{ref}/{path}")
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-                    if resumes >= max_resumes:
-                        raise UpstreamUnavailable(
-                            f"{ref}/{path}: download failed after {resumes} resumes at byte {progress.n} "
-                            f"({e.__class__.__name__})"
-                        ) from e
-                    resumes += 1
-                    self.stats.retries += 1
-                    log.info("upstream %s/%s cut at %d, resuming", ref, path, progress.n)
-                    await asyncio.sleep(min(self.backoff_max, self.backoff_base * resumes * random.random()))
-                    continue
-                if progress.n != expected_size:
-                    raise UpstreamBadBody(f"{ref}/{path}: upstream sent {progress.n} bytes, expected {expected_size}")
-                return progress.n
+        what = f"{ref}/{path}"
+        while True:
+            try:
+                await self._download_once(url, write, progress, expected_size, what)
+            except _NET_ERRORS as e:
+                if resumes >= max_resumes:
+                    raise UpstreamUnavailable(
+                        f"{what}: download failed after {resumes} resumes at byte {progress.n} "
+                        f"({e.__class__.__name__})"
+                    ) from e
+                resumes += 1
+                self.stats.retries += 1
+                log.info("upstream %s cut at %d, resuming", what, progress.n)
+                await asyncio.sleep(min(self.backoff_max, self.backoff_base * resumes * random.random()))
+                continue
+            if progress.n != expected_size:
+                raise UpstreamBadBody(f"{what}: upstream sent {progress.n} bytes, expected {expected_size}")
+            return progress.n
 
     async def _download_once(
         self, url: str, write: Callable[[bytes], Awaitable[None]], progress: _Received, expected: int, what: str
@@ -360,37 +497,53 @@ class HubClient:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        hops = 0
+        for _hop in range(MAX_REDIRECTS + 1):
+
+            async def consume(resp: aiohttp.ClientResponse) -> str | None:
+                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                    return resp.headers["Location"]
+                await self._body(resp, write, progress, expected, what, offset)
+                return None
+
+            location = await self._request(url, "file", consume, headers=headers, files=True)
+            if location is None:
+                return
+            url = _usable(urljoin(url, location), what)  # the token only goes to the upstream's origin
+        raise UpstreamError(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+    async def _body(
+        self, resp: aiohttp.ClientResponse, write: Callable[[bytes], Awaitable[None]], progress: _Received,
+        expected: int, what: str, offset: int,
+    ) -> None:
+        if resp.status >= 400:
+            raise await self._error(resp, what)
+        skip = 0
+        if offset:
+            if resp.status == 206:
+                m = re.match(r"bytes (\d{1,19})-", resp.headers.get("Content-Range", ""))
+                if not m or int(m.group(1)) != offset:
+                    raise UpstreamError(f"{what}: upstream answered a resume with the wrong range")
+            else:
+                skip = offset  # a 200 to a Range request: the whole body again
+        if resp.headers.get("Content-Encoding", "identity") not in ("identity", ""):
+            raise UpstreamError(f"{what}: upstream sent an encoded body ({resp.headers['Content-Encoding'][:50]})")
+        min_bytes = self.limits.min_rate * self.limits.slow_window
+        window_end = time.monotonic() + self.limits.slow_window
+        in_window = 0
         while True:
-            resp = await self._send("GET", url, "file", headers=headers)
-            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                target = urljoin(url, resp.headers["Location"])
-                resp.release()
-                hops += 1
-                if urlsplit(target).scheme not in ("http", "https"):
-                    raise UpstreamError(f"{what}: upstream redirected to a non-http URL")
-                if hops > MAX_REDIRECTS:
-                    raise UpstreamError(f"{what}: more than {MAX_REDIRECTS} redirects")
-                url = target  # the token is only attached when the origin is the upstream's
-                continue
-            break
-        try:
-            if resp.status >= 400:
-                raise await self._error(resp, what)
-            skip = 0
-            if offset:
-                if resp.status == 206:
-                    m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
-                    if not m or int(m.group(1)) != offset:
-                        raise UpstreamError(f"{what}: upstream answered a resume with the wrong range")
-                else:
-                    skip = offset  # a 200 to a Range request: the whole body again
-            if resp.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-                raise UpstreamError(f"{what}: upstream sent an encoded body ({resp.headers['Content-Encoding']})")
-            async for chunk in resp.content.iter_chunked(4 << 20):
+            try:
+                async with asyncio.timeout(max(0.05, window_end - time.monotonic())):
+                    chunk = await resp.content.read(4 << 20)
+            except TimeoutError:
+                chunk = None  # a window ended with nothing new: judge the pace below
+            now = time.monotonic()
+            if chunk == b"":
+                break
+            if chunk:
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
+                        in_window += len(chunk)
                         continue
                     chunk = chunk[skip:]
                     skip = 0
@@ -399,10 +552,18 @@ class HubClient:
                 await write(chunk)
                 progress.n += len(chunk)  # counted as soon as written: a cut resumes exactly here
                 self.stats.bytes += len(chunk)
-            if progress.n < expected:
-                raise aiohttp.ClientPayloadError(f"body ended at {progress.n} of {expected} bytes")
-        finally:
-            resp.release()
+                in_window += len(chunk)
+            if now >= window_end:
+                if in_window < min_bytes:
+                    self.stats.too_slow += 1
+                    self._failed("too slow")
+                    raise UpstreamUnavailable(
+                        f"{what}: upstream too slow ({in_window} bytes in {self.limits.slow_window:.0f}s, "
+                        f"below upstream_min_rate)"
+                    )
+                window_end, in_window = now + self.limits.slow_window, 0
+        if progress.n < expected:
+            raise aiohttp.ClientPayloadError(f"body ended at {progress.n} of {expected} bytes")
 
 
 @dataclass
@@ -413,34 +574,48 @@ class _Received:
 def _safe(url: str) -> str:
     """A URL fit for messages: no query string (signed CDN URLs carry credentials there) and no
     host (messages can reach clients, who should not learn the upstream's or its CDN's hosts)."""
-    return urlsplit(url).path
+    try:
+        return urlsplit(url).path[:300]
+    except ValueError:
+        return "(invalid URL)"
 
 
 def _parse_time(v: Any) -> datetime:
-    if isinstance(v, str):
+    if isinstance(v, str) and len(v) < 64:
         try:
-            return datetime.fromisoformat(v.replace("Z", "+00:00"))
+            d = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
         except ValueError:
             pass
     return datetime.now(timezone.utc)
+
+
+def _commit(item: dict[str, Any], sha: str) -> Commit:
+    authors = item.get("authors") or []
+    first = authors[0] if isinstance(authors, list) and authors else None
+    author = str(first.get("user", "")) if isinstance(first, dict) else ""
+    return Commit(sha=sha, title=str(item.get("title", ""))[:1000], message=str(item.get("message", ""))[:100_000],
+                  author=author[:200], date=_parse_time(item.get("date")))
 
 
 def _entry(item: Any, ref: RepoRef, commit: str) -> Entry:
     if not isinstance(item, dict):
         raise UpstreamError(f"{ref}@{commit}: upstream tree entry is not an object")
     path = item.get("path")
+    if not isinstance(path, str):
+        raise UpstreamError(f"{ref}@{commit}: upstream tree entry has no path")
     try:
-        validate_path(str(path))
+        validate_path(path)
     except InvalidInput as e:
         raise UpstreamError(f"{ref}@{commit}: upstream listed an unsafe path: {e.message}") from None
     kind = item.get("type")
     oid = str(item.get("oid", ""))
     if kind == "directory":
-        return Entry(str(path), "directory", oid if _SHA1.match(oid) else "0" * 40)
+        return Entry(path, "directory", oid if _SHA1.match(oid) else "0" * 40)
     if kind != "file":
-        raise UpstreamError(f"{ref}@{commit}: upstream tree entry {path!r} has type {kind!r}")
+        raise UpstreamError(f"{ref}@{commit}: upstream tree entry {path!r} has type {str(kind)[:50]!r}")
     size = item.get("size")
-    if not isinstance(size, int) or size < 0 or not _SHA1.match(oid):
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > 1 << 50 or not _SHA1.match(oid):
         raise UpstreamError(f"{ref}@{commit}: upstream tree entry {path!r} has no valid size/oid")
     lfs = item.get("lfs")
     if isinstance(lfs, dict):
@@ -448,7 +623,5 @@ def _entry(item: Any, ref: RepoRef, commit: str) -> Entry:
         if not _SHA256.match(sha256) or lfs.get("size") != size:
             raise UpstreamError(f"{ref}@{commit}: upstream LFS entry {path!r} has no valid sha256/size")
         ps = lfs.get("pointerSize")
-        return Entry(str(path), "file", oid, size, sha256, True, ps if isinstance(ps, int) else None)
-    return Entry(str(path), "file", oid, size, None, False, None)
-
-
+        return Entry(path, "file", oid, size, sha256, True, ps if isinstance(ps, int) and 0 <= ps < 1 << 20 else None)
+    return Entry(path, "file", oid, size, None, False, None)

@@ -2,14 +2,24 @@
 wants it while it is written, verified before it is published.
 
 ```
-client A ─┐                          ┌─> spool file (store writer) ─> verify ─> publish (rename)
-client B ─┼─> Fill(key) ── upstream ─┤
-client C ─┘   (one task)             └─> written counter + condition: readers pread() up to it
+client A ─┐                              ┌─> spool file (store writer) ─> verify ─> publish (rename)
+client B ─┼─> FillReader ─> Fill(key) ───┤
+client C ─┘   (own fd)     (one task)    └─> written counter + condition: readers pread() up to it
 ```
 
-Readers open the spool file as soon as they join, so they keep a valid handle whether the fill
-ends in publish (rename) or cancel (unlink). The last byte of a full body is sent only after
-verification: a bad or cut upstream body ends the client's connection early, never cleanly.
+* Each client joins with a `FillReader` holding its own duplicate of the spool file's descriptor,
+  taken the moment it joins, so it stays valid through publish (rename) or cancel (unlink). The
+  fill closes its own descriptor as soon as it ends and every reader closes its own when done:
+  a failed fill's deleted spool file gives its space back at once.
+* Bytes that are not verified yet reach a client only in a response whose last byte is held back
+  until the blob is verified (see api/http.py); a bad or cut upstream body ends those
+  connections early, never cleanly.
+* A fill whose bytes reached a client and that then did not verify (bad bytes, a cut upstream,
+  no clients left, the process killed) is kept in the catalog's journal (`unverified_fills`) for
+  `resume_guard` seconds: a resume (a Range starting past byte 0) of that blob is refused, since
+  the client's earlier bytes may be the bad ones.
+* When its last client has been gone for `orphan_grace` seconds, a fill stops and closes its
+  upstream connection, unless a pinned, hosted or declared mirror's commit lists its blob.
 """
 
 from __future__ import annotations
@@ -18,59 +28,74 @@ import asyncio
 import logging
 import os
 import shutil
-import weakref
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..catalog import Catalog
 from ..catalog.catalog import utcnow
-from ..errors import (
-    DigestMismatch,
-    HubMirrorError,
-    InsufficientStorage,
-    SizeMismatch,
-    StoreError,
-)
+from ..errors import HubMirrorError, InsufficientStorage
 from ..hub import HubClient
 from ..locks import GcLock
 from ..model.entries import Entry
 from ..model.names import RepoRef
-from ..store import BlobStore
+from ..store import BlobStore, BlobWriter
 from ..store.verify import ContentCheck
 
 log = logging.getLogger("hubmirror.proxy")
 
 
-
 @dataclass(frozen=True, slots=True)
 class FillKey:
-    """LFS blobs are known by sha256 before download; regular files only by git oid."""
+    """LFS blobs are known by sha256 before download; regular files by their git blob id."""
 
     kind: str  # sha256 | oid
     value: str
 
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
 
 def key_for(entry: Entry) -> FillKey:
-    if entry.sha256:
+    if entry.lfs and entry.sha256:
         return FillKey("sha256", entry.sha256)
     return FillKey("oid", entry.oid)
 
 
 class Fill:
-    def __init__(self, key: FillKey, size: int) -> None:
+    def __init__(self, key: FillKey, size: int, fd: int) -> None:
         self.key = key
         self.size = size
         self.written = 0
-        self.fd: int | None = None  # read handle on the spool file, closed when the Fill is dropped
+        self.fd: int | None = fd  # the fill's read handle on the spool file; readers dup it
         self.sha256: str | None = None
+        self.verified = False
         self.error: BaseException | None = None
         self.done = asyncio.Event()
-        self.started = asyncio.Event()
         self._cond = asyncio.Condition()
         self.readers = 0
+        self.sent_unverified = False  # a byte reached a client before the blob was verified
+        self.wanted = False  # a pinned/hosted/mirrored commit lists it: go on without clients
+        self.task: asyncio.Task[None] | None = None
+        self.journal_id: int | None = None
+        self._on_orphan: Callable[[Fill], None] | None = None
+
+    def join(self) -> FillReader:
+        """A reader with its own descriptor. Call it with no `await` between finding this fill and
+        joining: the fill closes its descriptor when it ends."""
+        if self.fd is None:
+            raise HubMirrorError("internal: joined a fill that has ended")
+        self.readers += 1
+        return FillReader(self, os.dup(self.fd))
+
+    def left(self) -> None:
+        self.readers -= 1
+        if self.readers == 0 and not self.done.is_set() and self._on_orphan is not None:
+            self._on_orphan(self)
 
     async def advanced(self, n: int) -> None:
         self.written += n
@@ -80,14 +105,67 @@ class Fill:
     async def finish(self, error: BaseException | None) -> None:
         self.error = error
         self.done.set()
-        self.started.set()
         async with self._cond:
             self._cond.notify_all()
 
-    async def wait_for(self, n: int) -> None:
-        """Until at least n bytes are written or the fill ended."""
+    async def wait_for(self, n: int, timeout: float | None = None) -> bool:
+        """Until at least n bytes are written or the fill ended; False if `timeout` passed first."""
         async with self._cond:
-            await self._cond.wait_for(lambda: self.written >= n or self.done.is_set())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._cond.wait_for(lambda: self.written >= n or self.done.is_set())
+            except TimeoutError:
+                return False
+        return True
+
+    async def wait_change(self, seen: int, timeout: float) -> None:
+        """Until more than `seen` bytes are written or the fill ended, or `timeout` passed."""
+        async with self._cond:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._cond.wait_for(lambda: self.written > seen or self.done.is_set())
+            except TimeoutError:
+                pass
+
+    def close_fd(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class FillReader:
+    """One client's handle on a fill: its own descriptor of the spool file, released once."""
+
+    def __init__(self, fill: Fill, fd: int) -> None:
+        self.fill = fill
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.fill.left()
+
+    def __enter__(self) -> FillReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a safety net: handles are released explicitly
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+
+@dataclass
+class FillStats:
+    started: dict[str, int]  # by trigger: "full" (a whole-file GET) | "range"
+    bytes: dict[str, int]
+    failed: int = 0
+    orphaned: int = 0  # stopped because every client had gone
 
 
 class Filler:
@@ -100,6 +178,8 @@ class Filler:
         data_dir: Path,
         min_free: int,
         max_bytes: int | None,
+        orphan_grace: float = 5.0,
+        resume_guard: float = 7 * 86400.0,
         on_filled: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
@@ -108,38 +188,110 @@ class Filler:
         self.data_dir = data_dir
         self.min_free = min_free
         self.max_bytes = max_bytes
+        self.orphan_grace = orphan_grace
+        self.resume_guard = resume_guard
         self.on_filled = on_filled
         self._fills: dict[FillKey, Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unverified: dict[str, float] = {}  # str(key) -> wall time of the last unverified send
+        self.stats = FillStats({"full": 0, "range": 0}, {"full": 0, "range": 0})
         self.upstream_fills = 0
 
-    def active(self, entry: Entry) -> Fill | None:
-        return self._fills.get(key_for(entry))
+    @property
+    def in_flight(self) -> int:
+        return len(self._fills)
 
-    async def get(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool) -> Fill:
-        """The fill of this entry's blob: the one in flight, or a new one (after a space check)."""
+    async def start(self) -> None:
+        """Load the journal: fills of a process that died sent bytes that were never verified."""
+        rows = await asyncio.to_thread(self.catalog.unverified_fills, self.resume_guard)
+        now_wall, now_db = time.time(), utcnow()
+        self._unverified = {k: now_wall - (now_db - at).total_seconds() for k, at in rows.items()}
+
+    def resume_refused(self, entry: Entry) -> bool:
+        """Was a fill of this blob cut short after sending unverified bytes, within resume_guard?"""
+        at = self._unverified.get(str(key_for(entry)))
+        if at is None:
+            return False
+        if time.time() - at > self.resume_guard:
+            self._unverified.pop(str(key_for(entry)), None)
+            return False
+        return True
+
+    def join_active(self, entry: Entry) -> FillReader | None:
+        fill = self._fills.get(key_for(entry))
+        return fill.join() if fill is not None else None
+
+    async def join(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str) -> FillReader:
+        """Join the fill of this entry's blob: the one in flight, or a new one (after a space check)."""
         key = key_for(entry)
         fill = self._fills.get(key)
         if fill is not None:
-            return fill
+            return fill.join()
         if self.max_bytes is not None and entry.size > self.max_bytes:
             keep = False  # larger than the whole budget: stream it through, verified, without keeping it
-        await asyncio.to_thread(self._make_room, entry.size, keep)
+        writer, fd, journal_id, wanted = await asyncio.to_thread(self._prepare, key, entry, keep)
         fill = self._fills.get(key)  # another request may have started it meanwhile
         if fill is not None:
-            return fill
-        fill = Fill(key, entry.size)
+            await asyncio.to_thread(self._discard, writer, fd, journal_id)
+            return fill.join()
+        fill = Fill(key, entry.size, fd)
+        fill.journal_id = journal_id
+        fill.wanted = wanted
+        fill._on_orphan = self._orphaned
         self._fills[key] = fill
-        task = asyncio.create_task(self._run(fill, ref, commit, entry, keep), name=f"fill {ref}/{entry.path}")
+        reader = fill.join()
+        self.stats.started[trigger] += 1
+        task = asyncio.create_task(self._run(fill, writer, ref, commit, entry, keep, trigger),
+                                   name=f"fill {ref}/{entry.path}")
+        fill.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await fill.started.wait()
-        return fill
+        return reader
+
+    def _prepare(self, key: FillKey, entry: Entry, keep: bool) -> tuple[BlobWriter, int, int, bool]:
+        self._make_room(entry.size, keep)
+        writer = self.store.writer()
+        try:
+            path = writer.spool_path
+            if path is None:
+                raise HubMirrorError("internal: pull-through needs a store with a local spool file")
+            fd = os.open(path, os.O_RDONLY)
+        except BaseException:
+            writer.cancel()
+            raise
+        try:
+            journal_id = self.catalog.fill_started(str(key))
+            wanted = self.catalog.blob_wanted(entry.sha256 if entry.lfs else None, entry.oid)
+        except BaseException:
+            os.close(fd)
+            writer.cancel()
+            raise
+        return writer, fd, journal_id, wanted
+
+    def _discard(self, writer: BlobWriter, fd: int, journal_id: int) -> None:
+        os.close(fd)
+        writer.cancel()
+        self.catalog.fill_forget(journal_id)
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _orphaned(self, fill: Fill) -> None:
+        if fill.wanted:
+            return
+
+        async def stop_later() -> None:
+            await asyncio.sleep(self.orphan_grace)
+            if fill.readers == 0 and not fill.done.is_set() and fill.task is not None:
+                log.info("fill of %s stopped: its clients are gone", fill.key)
+                self.stats.orphaned += 1
+                fill.task.cancel()
+
+        t = asyncio.create_task(stop_later())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     def _make_room(self, size: int, keep: bool) -> None:
         """Free-space check before a fill: evict least recently used pulled-through blobs if needed.
@@ -165,23 +317,17 @@ class Filler:
                 f"not enough disk space to fetch {size} bytes (free {free()}, keeping {self.min_free} free)"
             )
 
-    async def _run(self, fill: Fill, ref: RepoRef, commit: str, entry: Entry, keep: bool) -> None:
-        writer = None
+    async def _run(self, fill: Fill, writer: BlobWriter, ref: RepoRef, commit: str, entry: Entry, keep: bool,
+                   trigger: str) -> None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fill")
         gc_lock = GcLock(self.data_dir)
+        locked = False
         try:
             await asyncio.to_thread(gc_lock.acquire)
-            writer = await asyncio.to_thread(self.store.writer)
-            if writer.spool_path is not None:
-                # opened before any byte is written, so it stays valid through publish (rename) or
-                # cancel (unlink); closed only when no reader holds this Fill any more
-                fill.fd = await asyncio.to_thread(os.open, writer.spool_path, os.O_RDONLY)
-                weakref.finalize(fill, os.close, fill.fd)
-            fill.started.set()
+            locked = True
             check = ContentCheck(entry, f"{ref}/{entry.path}")
 
             def put(chunk: bytes) -> None:
-                assert writer is not None
                 writer.write(chunk)
                 check.update(chunk)
 
@@ -191,23 +337,26 @@ class Filler:
             pending: deque[tuple[asyncio.Future[None], int]] = deque()
 
             async def settle(keep: int) -> None:
-                while len(pending) > keep:
+                # readers see each write as soon as it is done, in order; at most `keep` stay queued
+                while pending and (len(pending) > keep or pending[0][0].done()):
                     fut, n = pending.popleft()
                     await fut
                     await fill.advanced(n)
 
             async def write(chunk: bytes) -> None:
                 pending.append((loop.run_in_executor(pool, put, chunk), len(chunk)))
+                self.stats.bytes[trigger] += len(chunk)
                 await settle(8)
 
             self.upstream_fills += 1
             try:
                 await self.client.download(ref, commit, entry.path, write, entry.size)
+                await settle(0)
             finally:
-                try:
-                    await settle(0)
-                finally:
-                    pool.shutdown(wait=False)
+                # on an error, the writes still queued fail the same way (or were never needed):
+                # wait for them without letting their errors hide the first one
+                await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
+                pool.shutdown(wait=False)
             sha256 = check.verified_sha256(writer)
             if keep:
                 await asyncio.to_thread(writer.commit, sha256, entry.size)
@@ -220,17 +369,30 @@ class Filler:
             else:
                 await asyncio.to_thread(writer.cancel)  # verified, streamed, not kept (cache rules)
             fill.sha256 = sha256
-            await fill.finish(None)
+            fill.verified = True
+            await self._end(fill, None)
         except BaseException as e:
-            if writer is not None:
-                await asyncio.to_thread(writer.cancel)
-            if not isinstance(e, (HubMirrorError, DigestMismatch, SizeMismatch, StoreError)):
-                log.warning("fill of %s/%s failed: %r", ref, entry.path, e)
+            await asyncio.to_thread(writer.cancel)
+            if isinstance(e, HubMirrorError):
+                log.warning("fill of %s/%s failed: %s", ref, entry.path, e.message)
             else:
-                log.warning("fill of %s/%s failed: %s", ref, entry.path, e)
-            await fill.finish(e)
+                log.warning("fill of %s/%s failed: %r", ref, entry.path, e)
+            self.stats.failed += 1
+            await self._end(fill, e)
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
-            gc_lock.release()
-            self._fills.pop(fill.key, None)
+            if locked:
+                gc_lock.release()
+
+    async def _end(self, fill: Fill, error: BaseException | None) -> None:
+        self._fills.pop(fill.key, None)
+        fill.close_fd()  # readers hold their own duplicates
+        if error is not None and fill.sent_unverified:
+            self._unverified[str(fill.key)] = time.time()  # the journal row stays
+        elif fill.journal_id is not None:
+            try:
+                await asyncio.to_thread(self.catalog.fill_forget, fill.journal_id)
+            except HubMirrorError as e:  # a full disk: the row stays, a resume is refused; safe
+                log.warning("could not clear the journal of %s: %s", fill.key, e.message)
+        await fill.finish(error)

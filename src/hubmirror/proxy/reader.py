@@ -210,20 +210,21 @@ class ProxyReader(LocalReader):
         assert commit is not None
         return Snapshot(repo, commit, stale)
 
-    async def open_blob(self, hit: FileHit, *, head: bool) -> BlobSource:
+    async def open_blob(self, hit: FileHit, *, head: bool, partial: bool = False) -> BlobSource:
         e = hit.entry
         if head or hit.repo.origin != "proxy":
             return BlobSource(e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
+        refuse = self.filler.resume_refused(e)
         if e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None:
-            if hit.repo.origin == "proxy":
-                self._access[e.sha256] = (e.size, True, utcnow())
-            return BlobSource(e.sha256)
-        fill = self.filler.active(e)
-        if fill is None:
+            self._access[e.sha256] = (e.size, True, utcnow())
+            return BlobSource(e.sha256, refuse_resume=refuse)
+        handle = self.filler.join_active(e)
+        if handle is None:
             if self.offline:
                 raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
-            fill = await self.filler.get(hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref))
-        return BlobSource(None, fill)
+            handle = await self.filler.join(hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref),
+                                            trigger="range" if partial else "full")
+        return BlobSource(None, handle, refuse)
 
     async def refs(self, ref: RepoRef) -> dict[str, str]:
         repo = await self._run(self.catalog.get_repo, ref)
@@ -291,6 +292,8 @@ class ProxyReader(LocalReader):
             await asyncio.sleep(every)
             try:
                 await self.flush_access()
+            except HubMirrorError as e:  # e.g. a full disk: the accesses are dropped, serving goes on
+                log.warning("could not record blob accesses: %s", e.message)
             except Exception:
                 log.exception("could not record blob accesses")
 

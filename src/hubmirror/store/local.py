@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import DigestMismatch, SizeMismatch, StoreError
+from ..errors import DigestMismatch, InsufficientStorage, SizeMismatch, StoreError
 from .base import BlobInfo, BlobStore, BlobWriter, check_sha256
 
 
@@ -62,11 +62,21 @@ class _Hasher:
         return self._final
 
 
+def _os_error(e: OSError, what: str) -> StoreError | InsufficientStorage:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"disk full while {what}")
+    return StoreError(f"cannot {what}: {e.strerror or e}")
+
+
 class _LocalWriter(BlobWriter):
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
         self._tmp = store.tmp_dir / f"{secrets.token_hex(12)}.partial"
-        self._fh = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/cancel
+        try:
+            self._fh = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/cancel
+        except OSError as e:
+            raise _os_error(e, "creating a blob") from e
+        self._error: BaseException | None = None  # the first failure, raised again by later writes
         # Held until commit/cancel so that sweep() in another process leaves a live write alone.
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = _Hasher()
@@ -87,6 +97,8 @@ class _LocalWriter(BlobWriter):
         return self._tmp
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
         if self._done:
             raise StoreError("write after commit or cancel")
         view = memoryview(data)
@@ -95,10 +107,9 @@ class _LocalWriter(BlobWriter):
                 n = self._fh.write(view)
                 view = view[n:]
         except OSError as e:
-            self.cancel()
-            if e.errno == errno.ENOSPC:
-                raise StoreError("disk full while writing a blob") from e
-            raise StoreError(f"cannot write blob: {e}") from e
+            self._error = _os_error(e, "writing a blob")
+            self.cancel()  # closes and unlinks at once: the space is returned now
+            raise self._error from e
         self._hash.update(bytes(data))
         self._size += len(data)
 
@@ -123,7 +134,7 @@ class _LocalWriter(BlobWriter):
             _fsync_dir(final.parent)
         except OSError as e:
             self.cancel()
-            raise StoreError(f"cannot publish blob {sha256}: {e}") from e
+            raise _os_error(e, f"publishing blob {sha256}") from e
         self._done = True
         return BlobInfo(sha256, size)
 

@@ -17,7 +17,7 @@ from ..hub import HubClient
 from ..model.entries import hub_time
 from ..model.mirror import MirrorSpec, interval_seconds, next_run
 from ..model.names import RepoRef
-from .engine import Syncer, matches
+from .engine import Syncer
 
 log = logging.getLogger("hubmirror.scheduler")
 
@@ -144,41 +144,6 @@ class MirrorService:
             log.exception("mirror %s failed", ref)
             state.update(last_error=f"{e.__class__.__name__}: {e}", last_error_at=utcnow())
         await asyncio.to_thread(self.catalog.update_mirror_state, ref, **state)
-
-    # -- check-update -----------------------------------------------------------------------
-
-    async def check_update(self, ref: RepoRef, revision: str = "main") -> dict[str, Any]:
-        """Compare the upstream commit of `revision` with ours; count changed files. No file bytes move."""
-        m = await asyncio.to_thread(self.catalog.get_mirror, ref)
-        spec = m.spec if m else MirrorSpec(repo=ref.repo_id, type=ref.repo_type, revisions=[revision])
-        info = await self.client.repo_info(ref, revision)
-        upstream_commit = str(info["sha"])
-        repo = await asyncio.to_thread(self.catalog.get_repo, ref)
-        mirrored: str | None = None
-        if repo is not None:
-            try:
-                mirrored = await asyncio.to_thread(self.catalog.resolve, repo, revision)
-            except HubMirrorError:
-                mirrored = None
-        files_changed = 0
-        if upstream_commit != mirrored:
-            upstream_files = {e.path: e.oid for e in await self.client.tree(ref, upstream_commit)
-                              if e.is_file and matches(e.path, spec.include, spec.exclude)}
-            ours: dict[str, str] = {}
-            if repo is not None and mirrored:
-                ours = {e.path: e.oid for e in await asyncio.to_thread(
-                    self.catalog.list_entries, repo, mirrored, recursive=True, files_only=True)}
-            files_changed = sum(1 for p in upstream_files.keys() | ours.keys() if upstream_files.get(p) != ours.get(p))
-        return {
-            "repo_id": ref.repo_id,
-            "repo_type": ref.repo_type.value,
-            "revision": revision,
-            "update_available": upstream_commit != mirrored,
-            "mirrored_commit": mirrored,
-            "upstream_commit": upstream_commit,
-            "upstream_last_modified": info.get("lastModified"),
-            "files_changed": files_changed,
-        }
 
 
 def describe(m: MirrorRow, mirrored: dict[str, str]) -> dict[str, Any]:
