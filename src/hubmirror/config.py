@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import replace
 import re
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ class ProxySettings(BaseModel):
     allow_gated: bool = Field(False, description="serve private/gated upstream repos to anyone (off: never)")
     retries: int = Field(1, ge=0, le=10, description="upstream retries on a client's request path (fail fast)")
     connect_timeout: float = Field(5.0, gt=0, description="seconds to reach the upstream before serving stale")
+    api_timeout: float = Field(10.0, gt=0, le=600,
+                               description="seconds a metadata call a client waits on may take before stale is served")
     breaker_cooldown: float = Field(15.0, gt=0, le=3600,
                                     description="seconds an unreachable upstream is not asked again (stale answers)")
     orphan_grace: float = Field(5.0, ge=0, le=600, description="seconds a fill goes on after its last client left")
@@ -187,7 +190,8 @@ class Settings(BaseSettings):
             max_rate_limit_wait=5.0 if fail_fast else 300.0,
             connect_timeout=self.proxy.connect_timeout if fail_fast else 30.0,
             read_timeout=self.upstream_read_timeout,
-            limits=self.upstream_limits,
+            limits=replace(self.upstream_limits, api_timeout=min(self.upstream_api_timeout, self.proxy.api_timeout))
+            if fail_fast else self.upstream_limits,
             shared=shared or self.upstream_shared(),
             fail_fast=fail_fast,
         )

@@ -40,12 +40,10 @@ class Snapshot:
 @dataclass(frozen=True, slots=True)
 class BlobSource:
     """Where the bytes of a file come from: a stored blob, or a fill in progress (pull-through,
-    a joined `FillReader` the caller must release). `refuse_resume`: a fill of this blob sent
-    unverified bytes and then failed, so a Range past byte 0 is refused (see proxy/fill.py)."""
+    a joined `FillReader` the caller must release)."""
 
     sha256: str | None
     fill: Any = None
-    refuse_resume: bool = False
 
 
 REF_TTL = 1.0  # seconds a branch/tag lookup is reused; commits and their entries are immutable
@@ -147,7 +145,7 @@ class LocalReader:
                 self._remember(hit, revision)
         return hit
 
-    async def open_blob(self, hit: FileHit, *, head: bool, partial: bool = False) -> BlobSource:
+    async def open_blob(self, hit: FileHit, *, head: bool, start: int = 0) -> BlobSource:
         """Where to read the bytes of `hit` from. Hosted and mirrored files are always stored."""
         return BlobSource(hit.entry.sha256)
 

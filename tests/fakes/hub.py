@@ -52,7 +52,7 @@ class FakeRepo:
 
 @dataclass
 class Fault:
-    kind: str  # status | cut | flip | slow | hook | redirect
+    kind: str  # status | cut | flip | slow | hook | redirect | respond (params fn: async request -> response)
     match: str  # glob on the request path
     times: int
     params: dict[str, Any]
@@ -191,6 +191,9 @@ class FakeHub:
         f = self._take_fault(path, ("hook",))
         if f is not None:
             f.params["fn"]()
+        f = self._take_fault(path, ("respond",))
+        if f is not None:  # a hostile answer written by the test
+            return await f.params["fn"](request)  # type: ignore[no-any-return]
         with self._lock:
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)

@@ -22,7 +22,6 @@ from ..errors import (
     EntryNotFound,
     HubMirrorError,
     InvalidInput,
-    ResumeRefused,
     SizeMismatch,
     StoreError,
     UpstreamError,
@@ -178,20 +177,13 @@ async def send_blob(
     size: int,
     headers: dict[str, str],
     etag: str,
-    *,
-    path: str = "",
-    refuse_resume: bool = False,
 ) -> web.StreamResponse:
-    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible.
-    `refuse_resume`: a failed fill sent unverified bytes of this blob; a Range past byte 0 could
-    stitch them to these (see proxy/fill.py), so it is refused."""
+    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible."""
     status = 200
     rng, early = await _negotiate(request, size, headers, etag)
     if early is not None:
         return early
     start, end = (rng.start, rng.end) if rng else (0, size)
-    if refuse_resume and start > 0 and request.method != "HEAD":
-        raise _resume_refused(path)
     count = end - start
     if rng is not None:
         status = 206
@@ -214,6 +206,22 @@ async def send_blob(
             await resp.write(chunk)
     await resp.write_eof()
     return resp
+
+
+def requested_start(request: web.BaseRequest, size: int, etag: str) -> int:
+    """The first byte a GET will be answered from (0 for a whole body, a 304 or a 416)."""
+    if request.method != "GET" or "Range" not in request.headers:
+        return 0
+    if request.headers.get("If-None-Match") and _etag_in(etag, request.headers["If-None-Match"]):
+        return 0
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and not _etag_in(etag, if_range):
+        return 0
+    try:
+        rng = parse_range(request.headers.get("Range"), size)
+    except RangeNotSatisfiable:
+        return 0
+    return rng.start if rng else 0
 
 
 async def _negotiate(
@@ -267,13 +275,6 @@ def _etag_in(etag: str, header: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _resume_refused(path: str) -> ResumeRefused:
-    return ResumeRefused(
-        f"cannot resume {path}: an earlier transfer of it sent bytes that were never verified (the upstream "
-        f"failed, or the transfer stopped); download it again from the first byte (curl: without -C)"
-    )
-
-
 def _client_error(e: BaseException, path: str) -> HubMirrorError:
     """What a client whose fill failed before its first byte is told (a fresh object per client)."""
     if isinstance(e, (DigestMismatch, SizeMismatch)):
@@ -285,7 +286,6 @@ def _client_error(e: BaseException, path: str) -> HubMirrorError:
 
 async def send_fill(
     request: web.Request, handle: Any, size: int, headers: dict[str, str], etag: str, *, path: str,
-    refuse_resume: bool = False,
 ) -> web.StreamResponse:
     """Stream a file that is being fetched from the upstream (see proxy/fill.py).
 
@@ -301,8 +301,6 @@ async def send_fill(
         if early is not None:
             return early
         start, end = (rng.start, rng.end) if rng else (0, size)
-        if refuse_resume and start > 0:
-            raise _resume_refused(path)
         while fill.written < min(size, start + 1) and not fill.done.is_set():
             await fill.wait_change(fill.written, 1.0)
             _check_client(request)
@@ -351,6 +349,7 @@ async def _stream_fill(
             count = min(avail - pos, CHUNK)
             if not fill.verified:
                 fill.sent_unverified = True
+                fill.sent_end = max(fill.sent_end, pos + count)
             try:
                 # zero-copy from the spool file, which the fill keeps writing behind us
                 await loop.sendfile(transport, spool, pos, count)

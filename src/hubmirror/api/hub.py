@@ -23,6 +23,7 @@ from .http import (
     guess_type,
     header_safe,
     json_response,
+    requested_start,
     send_blob,
     send_fill,
 )
@@ -113,13 +114,11 @@ class HubApi:
             headers["X-Linked-Size"] = str(e.size)
         if hit.stale:
             headers["X-HubMirror-Stale"] = header_safe(hit.stale)
-        src = await self.reader.open_blob(hit, head=request.method == "HEAD", partial="Range" in request.headers)
-        where = f"{route.repo}/{e.path}"
+        src = await self.reader.open_blob(hit, head=request.method == "HEAD",
+                                          start=requested_start(request, e.size, etag))
         if src.fill is not None:
-            return await send_fill(request, src.fill, e.size, headers, etag, path=where,
-                                   refuse_resume=src.refuse_resume)
-        return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag, path=where,
-                               refuse_resume=src.refuse_resume)
+            return await send_fill(request, src.fill, e.size, headers, etag, path=f"{route.repo}/{e.path}")
+        return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag)
 
     # -- repo info --------------------------------------------------------------------------
 

@@ -138,16 +138,23 @@ class ProxyQueries:
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def fill_forget(self, fill_id: int) -> None:
-        """The fill verified, or no byte of it reached a client: nothing to guard against."""
+        """The fill verified, or no byte of it reached a client, or its bytes proved right."""
         with self.engine.begin() as c:
             c.execute(sa.delete(t.unverified_fills).where(t.unverified_fills.c.id == fill_id))
 
-    def unverified_fills(self, max_age: float) -> dict[str, datetime]:
-        """Keys of fills that sent bytes and did not verify (or whose process died), newest time
-        each, dropping those older than `max_age` seconds."""
-        cutoff = _now() - timedelta(seconds=max_age)
+    def fill_failed(self, fill_id: int, prefix_len: int, prefix_sha256: str, sent_end: int) -> None:
+        """The fill ended unverified after sending bytes: remember what it had written and how far
+        its bytes reached clients."""
         with self.engine.begin() as c:
-            c.execute(sa.delete(t.unverified_fills).where(t.unverified_fills.c.started_at < cutoff))
-            rows = c.execute(sa.select(t.unverified_fills.c.key, sa.func.max(t.unverified_fills.c.started_at))
-                             .group_by(t.unverified_fills.c.key)).all()
-        return {r[0]: r[1] for r in rows}
+            c.execute(sa.update(t.unverified_fills).where(t.unverified_fills.c.id == fill_id)
+                      .values(prefix_len=prefix_len, prefix_sha256=prefix_sha256, sent_end=sent_end))
+
+    def unverified_fills(self, max_age: float) -> list[tuple[int, str, datetime, int | None, str | None, int | None]]:
+        """(id, key, started_at, prefix_len, prefix_sha256, sent_end) of fills that sent bytes and
+        did not verify (NULLs: their process died), dropping those older than `max_age` seconds."""
+        cutoff = _now() - timedelta(seconds=max_age)
+        u = t.unverified_fills.c
+        with self.engine.begin() as c:
+            c.execute(sa.delete(t.unverified_fills).where(u.started_at < cutoff))
+            rows = c.execute(sa.select(u.id, u.key, u.started_at, u.prefix_len, u.prefix_sha256, u.sent_end)).all()
+        return [(r.id, r.key, r.started_at, r.prefix_len, r.prefix_sha256, r.sent_end) for r in rows]

@@ -182,5 +182,9 @@ unverified_fills = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("key", sa.String(80), nullable=False),  # sha256:<hex> (LFS) or oid:<git blob sha1>
     sa.Column("started_at", sa.DateTime, nullable=False),
+    # what the fill had written when it failed (NULL: its process died), to compare with a verified copy
+    sa.Column("prefix_len", sa.BigInteger, nullable=True),
+    sa.Column("prefix_sha256", sa.String(64), nullable=True),
+    sa.Column("sent_end", sa.BigInteger, nullable=True),  # no client got a byte at or past this offset
     sa.Index("ix_unverified_fills_key", "key"),
 )

@@ -49,11 +49,12 @@ class CircuitBreaker:
         self._open_until = 0.0
         self.reason = ""
 
-    def failure(self, reason: str, *, wait: float | None = None) -> None:
-        """A failed request; `wait` is what a 429 asked for (opens at once, for that long)."""
+    def failure(self, reason: str, *, wait: float | None = None, force: bool = False) -> None:
+        """A failed request; `wait` is what a 429 asked for (opens at once, for that long);
+        `force` opens at once (a timeout: the next request would wait as long)."""
         self._failures += 1
         self._probing = False
-        if wait is not None or self._failures >= self.threshold:
+        if wait is not None or force or self._failures >= self.threshold:
             hold = min(self.max_cooldown, wait if wait is not None else self.cooldown)
             if not self.is_open():
                 self.opened += 1

@@ -233,9 +233,9 @@ class HubClient:
                 f"upstream {_safe(url)} skipped: it failed recently ({b.reason}); next try in {b.retry_in():.0f}s"
             )
 
-    def _failed(self, reason: str, wait: float | None = None) -> None:
+    def _failed(self, reason: str, wait: float | None = None, *, force: bool = False) -> None:
         if self._shared.breaker is not None:
-            self._shared.breaker.failure(reason, wait=wait)
+            self._shared.breaker.failure(reason, wait=wait, force=force)
 
     def _answered(self) -> None:
         if self._shared.breaker is not None:
@@ -271,8 +271,10 @@ class HubClient:
                     # the exception text names hosts: it goes to the log (for operators), not into
                     # the message (which can reach clients)
                     log.warning("upstream %s unreachable: %r", _safe(url), e)
-                    self._failed(e.__class__.__name__)
-                    if attempt >= self.max_retries:
+                    timed_out = isinstance(e, asyncio.TimeoutError)
+                    # a client waiting on a silent upstream has paid a whole timeout already
+                    self._failed(e.__class__.__name__, force=timed_out and self.fail_fast)
+                    if attempt >= self.max_retries or (timed_out and self.fail_fast):
                         raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable ({e.__class__.__name__})") from e
                     failure = f"{kind} {e.__class__.__name__}"
                 else:

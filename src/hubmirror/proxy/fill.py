@@ -15,9 +15,11 @@ client C ─┘   (own fd)     (one task)    └─> written counter + condition
   until the blob is verified (see api/http.py); a bad or cut upstream body ends those
   connections early, never cleanly.
 * A fill whose bytes reached a client and that then did not verify (bad bytes, a cut upstream,
-  no clients left, the process killed) is kept in the catalog's journal (`unverified_fills`) for
-  `resume_guard` seconds: a resume (a Range starting past byte 0) of that blob is refused, since
-  the client's earlier bytes may be the bad ones.
+  no clients left, the process killed) leaves a `Taint` in the catalog's journal
+  (`unverified_fills`): how many bytes it had written and their sha256. A client holding some of
+  them may resume (a Range starting past byte 0); that is answered only from a verified copy
+  whose first bytes hash the same, i.e. when the failed fill's bytes were right after all, and
+  refused (409 ResumeRefused) otherwise, for `resume_guard` seconds.
 * When its last client has been gone for `orphan_grace` seconds, a fill stops and closes its
   upstream connection, unless a pinned, hosted or declared mirror's commit lists its blob.
 """
@@ -25,6 +27,7 @@ client C ─┘   (own fd)     (one task)    └─> written counter + condition
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
@@ -79,6 +82,7 @@ class Fill:
         self._cond = asyncio.Condition()
         self.readers = 0
         self.sent_unverified = False  # a byte reached a client before the blob was verified
+        self.sent_end = 0  # the end of the furthest range of bytes sent to a client
         self.wanted = False  # a pinned/hosted/mirrored commit lists it: go on without clients
         self.task: asyncio.Task[None] | None = None
         self.journal_id: int | None = None
@@ -161,6 +165,22 @@ class FillReader:
 
 
 @dataclass
+class Taint:
+    """A fill that sent bytes and never verified: its first `prefix_len` bytes hashed to
+    `prefix_sha256` (both None if its process died: nothing is known, nothing can be proved)."""
+
+    id: int
+    prefix_len: int | None
+    prefix_sha256: str | None
+    sent_end: int | None  # no client got a byte at or past this offset (None: unknown)
+    at: float  # wall-clock time
+
+    def covers(self, start: int) -> bool:
+        """Could a client asking for bytes from `start` on hold bytes of this fill just before them?"""
+        return self.sent_end is None or start <= self.sent_end
+
+
+@dataclass
 class FillStats:
     started: dict[str, int]  # by trigger: "full" (a whole-file GET) | "range"
     bytes: dict[str, int]
@@ -193,7 +213,7 @@ class Filler:
         self.on_filled = on_filled
         self._fills: dict[FillKey, Fill] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._unverified: dict[str, float] = {}  # str(key) -> wall time of the last unverified send
+        self._taints: dict[str, list[Taint]] = {}  # str(key) -> fills of it that sent unverified bytes
         self.stats = FillStats({"full": 0, "range": 0}, {"full": 0, "range": 0})
         self.upstream_fills = 0
 
@@ -202,20 +222,56 @@ class Filler:
         return len(self._fills)
 
     async def start(self) -> None:
-        """Load the journal: fills of a process that died sent bytes that were never verified."""
+        """Load the journal: failed fills, and fills of a process that died, whose bytes reached clients."""
         rows = await asyncio.to_thread(self.catalog.unverified_fills, self.resume_guard)
         now_wall, now_db = time.time(), utcnow()
-        self._unverified = {k: now_wall - (now_db - at).total_seconds() for k, at in rows.items()}
+        for fid, key, at, plen, psha, sent in rows:
+            when = now_wall - (now_db - at).total_seconds()
+            self._taints.setdefault(key, []).append(Taint(fid, plen, psha, sent, when))
 
-    def resume_refused(self, entry: Entry) -> bool:
-        """Was a fill of this blob cut short after sending unverified bytes, within resume_guard?"""
-        at = self._unverified.get(str(key_for(entry)))
-        if at is None:
+    def taints(self, entry: Entry, start: int) -> list[Taint]:
+        """The failed fills of this blob whose bytes a client resuming at `start` may hold."""
+        key = str(key_for(entry))
+        found = self._taints.get(key)
+        if not found:
+            return []
+        now = time.time()
+        live = [t for t in found if now - t.at <= self.resume_guard]
+        if len(live) != len(found):
+            if live:
+                self._taints[key] = live
+            else:
+                self._taints.pop(key, None)
+        return [t for t in live if t.covers(start)] if start > 0 else []
+
+    async def clear_taints(self, entry: Entry, sha256: str, taints: list[Taint]) -> bool:
+        """Compare each failed fill's bytes with the verified blob `sha256`; forget the ones that
+        were right. True if none is left (a resume over them is safe)."""
+        key = str(key_for(entry))
+        ok = True
+        for t in taints:
+            if t.prefix_len is None or t.prefix_sha256 is None:
+                ok = False
+                continue
+            if not await asyncio.to_thread(self._prefix_matches, sha256, t.prefix_len, t.prefix_sha256):
+                ok = False
+                continue
+            await asyncio.to_thread(self.catalog.fill_forget, t.id)
+            rest = [x for x in self._taints.get(key, []) if x.id != t.id]
+            if rest:
+                self._taints[key] = rest
+            else:
+                self._taints.pop(key, None)
+        return ok
+
+    def _prefix_matches(self, sha256: str, n: int, expected: str) -> bool:
+        info = self.store.stat(sha256)
+        if info is None or info.size < n:
             return False
-        if time.time() - at > self.resume_guard:
-            self._unverified.pop(str(key_for(entry)), None)
-            return False
-        return True
+        h = hashlib.sha256()
+        for chunk in self.store.read(sha256, 0, n):
+            h.update(chunk)
+        return h.hexdigest() == expected
 
     def join_active(self, entry: Entry) -> FillReader | None:
         fill = self._fills.get(key_for(entry))
@@ -371,28 +427,46 @@ class Filler:
             fill.sha256 = sha256
             fill.verified = True
             await self._end(fill, None)
+            if keep and self._taints.get(str(fill.key)):  # earlier failed fills: were their bytes right?
+                try:
+                    await self.clear_taints(entry, sha256, list(self._taints.get(str(fill.key), [])))
+                except (HubMirrorError, OSError) as e:
+                    log.warning("could not compare failed fills of %s: %s", fill.key, e)
         except BaseException as e:
+            prefix = None
+            if fill.sent_unverified and not fill.verified:
+                try:  # what was written (and so what any client can hold), for a later comparison
+                    prefix = (writer.size, await asyncio.to_thread(lambda: writer.sha256))
+                except HubMirrorError:
+                    prefix = None
             await asyncio.to_thread(writer.cancel)
             if isinstance(e, HubMirrorError):
                 log.warning("fill of %s/%s failed: %s", ref, entry.path, e.message)
             else:
                 log.warning("fill of %s/%s failed: %r", ref, entry.path, e)
             self.stats.failed += 1
-            await self._end(fill, e)
+            if not fill.done.is_set():
+                await self._end(fill, e, prefix)
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
             if locked:
                 gc_lock.release()
 
-    async def _end(self, fill: Fill, error: BaseException | None) -> None:
+    async def _end(self, fill: Fill, error: BaseException | None, prefix: tuple[int, str] | None = None) -> None:
         self._fills.pop(fill.key, None)
         fill.close_fd()  # readers hold their own duplicates
-        if error is not None and fill.sent_unverified:
-            self._unverified[str(fill.key)] = time.time()  # the journal row stays
-        elif fill.journal_id is not None:
-            try:
+        try:
+            if error is not None and fill.sent_unverified and fill.journal_id is not None:
+                # clients hold bytes nobody verified: keep the journal row, with what they were
+                plen, psha = prefix if prefix is not None else (None, None)
+                self._taints.setdefault(str(fill.key), []).append(
+                    Taint(fill.journal_id, plen, psha, fill.sent_end, time.time()))
+                if prefix is not None:
+                    await asyncio.to_thread(self.catalog.fill_failed, fill.journal_id, prefix[0], prefix[1],
+                                            fill.sent_end)
+            elif fill.journal_id is not None:
                 await asyncio.to_thread(self.catalog.fill_forget, fill.journal_id)
-            except HubMirrorError as e:  # a full disk: the row stays, a resume is refused; safe
-                log.warning("could not clear the journal of %s: %s", fill.key, e.message)
+        except HubMirrorError as e:  # a full disk: the row stays as it is; a resume is refused; safe
+            log.warning("could not update the journal of %s: %s", fill.key, e.message)
         await fill.finish(error)

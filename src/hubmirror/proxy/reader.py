@@ -26,6 +26,7 @@ from ..catalog.catalog import utcnow
 from ..errors import (
     GatedRepo,
     HubMirrorError,
+    ResumeRefused,
     RepoNotFound,
     RevisionNotFound,
     UpstreamError,
@@ -121,7 +122,7 @@ class ProxyReader(LocalReader):
             if checked is not None and checked > time.monotonic():
                 return repo, await self._run(self.catalog.resolve, repo, revision), None
         if self.offline:
-            return await self._stale(ref, repo, revision, "offline mode")
+            return await self._stale(ref, repo, revision, None)
         try:
             info = await self.client.repo_info(ref, revision)
         except (RepoNotFound, RevisionNotFound) as e:
@@ -131,21 +132,21 @@ class ProxyReader(LocalReader):
         except GatedRepo as e:
             raise GatedRepo(f"{ref} is gated upstream: {e.message}") from None
         except UpstreamError as e:  # unreachable, 5xx, 429 after retries, garbage
-            return await self._stale(ref, repo, revision, e.message)
+            return await self._stale(ref, repo, revision, e)
         if (info.get("private") or info.get("gated")) and not self.allow_gated:
             err = GatedRepo(f"{ref} is private or gated upstream; this mirror does not pull such repos through")
             self._remember_negative(ref, revision, err)
             raise err
         sha = str(info["sha"])
-        repo = await self._run(self.catalog.ensure_repo, ref, "proxy")
-        if repo.origin != "proxy":  # became hosted or mirrored meanwhile
-            return repo, await self._run(self.catalog.resolve, repo, revision), None
         refname = None if is_commit_sha(revision) else (revision if revision.startswith("refs/") else f"refs/heads/{revision}")
-        if await self._run(self.catalog.get_commit, repo, sha) is None:
-            try:
+        if repo is None or await self._run(self.catalog.get_commit, repo, sha) is None:
+            try:  # listed before anything is recorded: a refused listing leaves no trace
                 listing = await self.client.tree(ref, sha)
             except UpstreamError as e:
-                return await self._stale(ref, repo, revision, e.message)
+                return await self._stale(ref, repo, revision, e)
+            repo = await self._run(self.catalog.ensure_repo, ref, "proxy")
+            if repo.origin != "proxy":  # became hosted or mirrored meanwhile
+                return repo, await self._run(self.catalog.resolve, repo, revision), None
             await self._run(self._record, repo, sha, info, listing, refname)
         elif refname is not None:
             current = (await self._run(self.catalog.refs, repo)).get(refname)
@@ -167,10 +168,11 @@ class ProxyReader(LocalReader):
 
     def _record(self, repo: RepoRow, sha: str, info: dict[str, Any], listing: list[Entry], refname: str | None) -> None:
         entries = []
+        known = self.catalog.sha256_for_oids(e.oid for e in listing if e.is_file and not e.lfs)
         for e in listing:
             sha256 = e.sha256
             if e.is_file and not e.lfs:
-                sha256 = self.catalog.sha256_for_oid(e.oid)
+                sha256 = known.get(e.oid)
             entries.append(Entry(e.path, e.type, e.oid, e.size, sha256, e.lfs, e.pointer_size, sha))
         date = _parse(info.get("lastModified"))
         commit = Commit(sha, [], "", "", "", date)
@@ -178,13 +180,22 @@ class ProxyReader(LocalReader):
         self.catalog.record_commit(repo, commit, entries, moves, reason="pull-through")
         self.catalog.save_upstream_info(repo.pk, sha, {k: v for k, v in info.items() if k in INFO_FIELDS})
 
-    async def _stale(self, ref: RepoRef, repo: RepoRow | None, revision: str, why: str) -> tuple[RepoRow, str, str | None]:
+    async def _stale(
+        self, ref: RepoRef, repo: RepoRow | None, revision: str, err: UpstreamError | None
+    ) -> tuple[RepoRow, str, str | None]:
+        """The last known commit of `revision`, when the upstream cannot be asked (`err` None:
+        offline) or its answer was refused."""
+        why = "offline mode" if err is None else err.message
         if repo is None:
+            if err is not None and not isinstance(err, UpstreamUnavailable):
+                raise UpstreamError(f"{ref}@{revision}: the upstream's answer was refused ({why})") from None
             raise RepoNotFound(f"Repository not found: {ref} is not cached here and the upstream cannot be "
                                f"reached ({why})")
         try:
             sha = await self._run(self.catalog.resolve, repo, revision)
         except RevisionNotFound:
+            if err is not None and not isinstance(err, UpstreamUnavailable):
+                raise UpstreamError(f"{ref}@{revision}: the upstream's answer was refused ({why})") from None
             raise RevisionNotFound(f"Invalid rev id: {revision} is not cached here for {ref} and the upstream "
                                    f"cannot be reached ({why})") from None
         stale = None if is_commit_sha(revision) else f"upstream unreachable ({why[:200]}); last known commit"
@@ -210,21 +221,49 @@ class ProxyReader(LocalReader):
         assert commit is not None
         return Snapshot(repo, commit, stale)
 
-    async def open_blob(self, hit: FileHit, *, head: bool, partial: bool = False) -> BlobSource:
+    async def open_blob(self, hit: FileHit, *, head: bool, start: int = 0) -> BlobSource:
+        """`start`: the first byte the client asked for (a Range); past 0 it may be resuming."""
         e = hit.entry
         if head or hit.repo.origin != "proxy":
             return BlobSource(e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
-        refuse = self.filler.resume_refused(e)
-        if e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None:
-            self._access[e.sha256] = (e.size, True, utcnow())
-            return BlobSource(e.sha256, refuse_resume=refuse)
+        taints = self.filler.taints(e, start)
+        stored = e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None
+        if taints:
+            # a failed fill sent bytes of this blob that nobody verified: a resume onto them is
+            # answered only from a verified copy they match
+            sha256 = e.sha256 if stored else await self._verified(hit)
+            if sha256 is None or not await self.filler.clear_taints(e, sha256, taints):
+                raise ResumeRefused(
+                    f"cannot resume {hit.repo.ref}/{e.path}: an earlier transfer of it sent bytes that were never "
+                    f"verified and do not match the verified file; download it again from the first byte "
+                    f"(curl: without -C)"
+                )
+            stored = True
+            e = Entry(e.path, e.type, e.oid, e.size, sha256, e.lfs, e.pointer_size, e.last_commit)
+        if stored:
+            self._access[e.sha256 or ""] = (e.size, True, utcnow())
+            return BlobSource(e.sha256)
         handle = self.filler.join_active(e)
         if handle is None:
             if self.offline:
                 raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
             handle = await self.filler.join(hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref),
-                                            trigger="range" if partial else "full")
-        return BlobSource(None, handle, refuse)
+                                            trigger="range" if start > 0 else "full")
+        return BlobSource(None, handle)
+
+    async def _verified(self, hit: FileHit) -> str | None:
+        """Fill the blob (or wait for the fill in flight), sending nothing; its sha256 once stored."""
+        e = hit.entry
+        if self.offline:
+            return None
+        handle = self.filler.join_active(e) or await self.filler.join(
+            hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref), trigger="range")
+        with handle:
+            await handle.fill.done.wait()
+            fill = handle.fill
+        if fill.error is not None or not fill.verified or fill.sha256 is None:
+            return None
+        return fill.sha256 if await self._run(self.store.stat, fill.sha256) is not None else None
 
     async def refs(self, ref: RepoRef) -> dict[str, str]:
         repo = await self._run(self.catalog.get_repo, ref)

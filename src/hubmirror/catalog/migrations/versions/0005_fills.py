@@ -17,5 +17,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("key", sa.String(80), nullable=False),
         sa.Column("started_at", sa.DateTime, nullable=False),
+        sa.Column("prefix_len", sa.BigInteger, nullable=True),
+        sa.Column("prefix_sha256", sa.String(64), nullable=True),
+        sa.Column("sent_end", sa.BigInteger, nullable=True),
     )
     op.create_index("ix_unverified_fills_key", "unverified_fills", ["key"])
