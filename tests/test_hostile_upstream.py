@@ -169,6 +169,35 @@ def test_a_resume_onto_bytes_of_a_stopped_fill_is_served_once_they_prove_right(h
         s.stop()
 
 
+def test_a_resume_after_the_server_was_killed_mid_fill(hub: FakeHub, tmp_path: Path) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    hub.commit("acme/kill", {"model.safetensors": data})
+    hub.fault("slow", "/blob/*", times=1, delay=0.05)
+    s = serve(tmp_path / "d", hub.url)
+    path = "/acme/kill/resolve/main/model.safetensors"
+    u = urlsplit(s.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("GET", path)
+        first = conn.getresponse().read(300_000)
+        assert first == data[:300_000]
+        s.proc.kill()  # kill -9 in the middle of the fill
+        s.proc.wait()
+    finally:
+        conn.close()
+        s.stop()
+    s = serve(tmp_path / "d", hub.url)
+    try:
+        # the new process hashed what the dead fill had written before sweeping it: the resume is
+        # served once a verified copy proves those bytes right
+        status, _h, rest, complete = get(s.url, path, {"Range": f"bytes={len(first)}-"})
+        assert (status, complete) == (206, True)
+        assert first + rest == data
+        assert list((tmp_path / "d" / "blobs" / "tmp").iterdir()) == []
+    finally:
+        s.stop()
+
+
 def test_a_closed_range_of_an_unverified_fill_never_ends_cleanly_on_bad_bytes(hub: FakeHub, tmp_path: Path) -> None:
     data = os.urandom(2 * 1024 * 1024)
     hub.commit("acme/rng", {"model.safetensors": data})

@@ -30,6 +30,7 @@ from .config import Settings
 from .errors import ConfigError, HubMirrorError
 from .hub import CircuitBreaker, HubClient
 from .proxy import Filler, ProxyReader, Rules
+from .proxy.fill import recover_crashed_fills
 from .reader import LocalReader
 from .store import LocalBlobStore
 from .sync.check import UpdateChecker
@@ -60,6 +61,9 @@ def open_services(settings: Settings) -> Services:
     catalog = Catalog(settings.catalog_url)
     catalog.migrate()
     store = LocalBlobStore(settings.blob_dir)
+    recovered = recover_crashed_fills(catalog, store)
+    if recovered:
+        log.info("recorded what %d pull-through fills of a stopped process had written", recovered)
     swept = store.sweep()
     if swept:
         log.info("removed %d unfinished blob writes", swept)

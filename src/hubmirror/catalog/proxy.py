@@ -132,9 +132,9 @@ class ProxyQueries:
 
     # -- fills that sent unverified bytes ---------------------------------------------------
 
-    def fill_started(self, key: str) -> int:
+    def fill_started(self, key: str, spool: str | None) -> int:
         with self.engine.begin() as c:
-            res = c.execute(sa.insert(t.unverified_fills).values(key=key, started_at=_now()))
+            res = c.execute(sa.insert(t.unverified_fills).values(key=key, started_at=_now(), spool=spool))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def fill_forget(self, fill_id: int) -> None:
@@ -148,6 +148,13 @@ class ProxyQueries:
         with self.engine.begin() as c:
             c.execute(sa.update(t.unverified_fills).where(t.unverified_fills.c.id == fill_id)
                       .values(prefix_len=prefix_len, prefix_sha256=prefix_sha256, sent_end=sent_end))
+
+    def crashed_fills(self) -> list[tuple[int, str]]:
+        """(id, spool file name) of fills whose process died: nothing recorded what they wrote."""
+        u = t.unverified_fills.c
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(u.id, u.spool).where(u.prefix_sha256.is_(None), u.spool.is_not(None))).all()
+        return [(r.id, r.spool) for r in rows]
 
     def unverified_fills(self, max_age: float) -> list[tuple[int, str, datetime, int | None, str | None, int | None]]:
         """(id, key, started_at, prefix_len, prefix_sha256, sent_end) of fills that sent bytes and

@@ -186,5 +186,6 @@ unverified_fills = sa.Table(
     sa.Column("prefix_len", sa.BigInteger, nullable=True),
     sa.Column("prefix_sha256", sa.String(64), nullable=True),
     sa.Column("sent_end", sa.BigInteger, nullable=True),  # no client got a byte at or past this offset
+    sa.Column("spool", sa.String(200), nullable=True),  # the partial file's name, to hash it after a crash
     sa.Index("ix_unverified_fills_key", "key"),
 )

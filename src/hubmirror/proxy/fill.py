@@ -188,6 +188,33 @@ class FillStats:
     orphaned: int = 0  # stopped because every client had gone
 
 
+def recover_crashed_fills(catalog: Catalog, store: Any) -> int:
+    """Before the store sweeps the partial files of a process that died mid-fill: hash each one a
+    journal row names, so that its clients' resumes can later be checked against a verified copy
+    instead of being refused for `resume_guard`. Returns how many were recovered."""
+    n = 0
+    abandoned = getattr(store, "abandoned", None)
+    if abandoned is None:
+        return 0
+    for fill_id, name in catalog.crashed_fills():
+        path = abandoned(name)
+        if path is None:
+            continue  # still being written by a live process, or gone: nothing to learn
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except OSError:
+            continue
+        # no client can have got a byte that was never written
+        catalog.fill_failed(fill_id, size, h.hexdigest(), size)
+        n += 1
+    return n
+
+
 class Filler:
     def __init__(
         self,
@@ -316,7 +343,7 @@ class Filler:
             writer.cancel()
             raise
         try:
-            journal_id = self.catalog.fill_started(str(key))
+            journal_id = self.catalog.fill_started(str(key), path.name)
             wanted = self.catalog.blob_wanted(entry.sha256 if entry.lfs else None, entry.oid)
         except BaseException:
             os.close(fd)

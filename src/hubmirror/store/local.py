@@ -212,6 +212,18 @@ class LocalBlobStore(BlobStore):
     def local_path(self, sha256: str) -> Path | None:
         return self._path(sha256)
 
+    def abandoned(self, name: str) -> Path | None:
+        """The partial file `name` of a write whose process died (no live writer holds it), if any."""
+        p = self.tmp_dir / Path(name).name
+        try:
+            with open(p, "rb") as fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except (BlockingIOError, FileNotFoundError):
+            return None
+        except OSError:
+            return None
+        return p
+
     def sweep(self) -> int:
         n = 0
         for p in self.tmp_dir.iterdir():

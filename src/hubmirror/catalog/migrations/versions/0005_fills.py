@@ -20,5 +20,6 @@ def upgrade() -> None:
         sa.Column("prefix_len", sa.BigInteger, nullable=True),
         sa.Column("prefix_sha256", sa.String(64), nullable=True),
         sa.Column("sent_end", sa.BigInteger, nullable=True),
+        sa.Column("spool", sa.String(200), nullable=True),
     )
     op.create_index("ix_unverified_fills_key", "unverified_fills", ["key"])
