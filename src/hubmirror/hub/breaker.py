@@ -24,7 +24,7 @@ class CircuitBreaker:
         self.max_cooldown = max_cooldown
         self._failures = 0
         self._open_until = 0.0
-        self._probing = False
+        self._probe_since: float | None = None  # a probe in flight (one that never ends is forgotten)
         self.reason = ""
         self.opened = 0  # times it opened (for metrics)
 
@@ -35,9 +35,10 @@ class CircuitBreaker:
         """May a fail-fast request go to the upstream now? In half-open state only one probe may."""
         if self._failures < self.threshold and not self.is_open():
             return True
-        if self.is_open() or self._probing:
+        now = time.monotonic()
+        if self.is_open() or (self._probe_since is not None and now - self._probe_since < self.cooldown):
             return False
-        self._probing = True
+        self._probe_since = now
         return True
 
     def retry_in(self) -> float:
@@ -45,7 +46,7 @@ class CircuitBreaker:
 
     def success(self) -> None:
         self._failures = 0
-        self._probing = False
+        self._probe_since = None
         self._open_until = 0.0
         self.reason = ""
 
@@ -53,7 +54,7 @@ class CircuitBreaker:
         """A failed request; `wait` is what a 429 asked for (opens at once, for that long);
         `force` opens at once (a timeout: the next request would wait as long)."""
         self._failures += 1
-        self._probing = False
+        self._probe_since = None
         if wait is not None or force or self._failures >= self.threshold:
             hold = min(self.max_cooldown, wait if wait is not None else self.cooldown)
             if not self.is_open():
