@@ -35,10 +35,13 @@ class MirrorApi:
                 raise web.HTTPMethodNotAllowed(request.method, ["GET"])
             ref = repo_from_segments(segs[2:-1], RepoType.parse(segs[1]))
             try:  # from the raw query: aiohttp's decoded one replaces invalid UTF-8 instead of refusing it
-                query = dict(parse_qsl(request.rel_url.raw_query_string, errors="strict"))
+                pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True, errors="strict")
             except UnicodeDecodeError:
                 raise InvalidInput("invalid revision: not valid UTF-8 after percent-decoding") from None
-            rev = validate_revision(query.get("revision", "main"))
+            revs = [v for k, v in pairs if k == "revision"]
+            if len(revs) > 1:
+                raise InvalidInput("invalid query: give revision at most once")
+            rev = validate_revision(revs[0] if revs else "main")
             if rev == "HEAD":
                 rev = "main"
             answer, stale = await self.checker.check(ref, rev)

@@ -61,6 +61,7 @@ class UpdateChecker:
         self.ttl = ttl
         self._cache: dict[tuple[RepoRef, str], _Upstream] = {}
         self._inflight: dict[tuple[RepoRef, str], asyncio.Future[_Upstream]] = {}
+        self._listings: dict[str, asyncio.Future[dict[str, str]]] = {}
 
     def _serves(self, ref: RepoRef) -> tuple[Any, Any, bool]:
         """(repo row, mirror row, may ask the upstream), or RepoNotFound for repos not followed."""
@@ -70,8 +71,11 @@ class UpdateChecker:
             return repo, mirror, not self.offline
         if repo is not None and repo.origin == "mirror":
             return repo, None, not self.offline
-        if repo is not None and repo.origin == "proxy" and self.allows is not None and self.allows(ref):
-            return repo, None, not self.offline
+        if repo is not None and repo.origin == "proxy":
+            if self.allows is None:  # pull-through is disabled: served as cached, never asked about
+                return repo, None, False
+            if self.allows(ref):
+                return repo, None, not self.offline
         raise RepoNotFound(f"Repository not found: {ref} is not mirrored from an upstream here")
 
     async def check(self, ref: RepoRef, revision: str) -> tuple[dict[str, Any], str | None]:
@@ -156,18 +160,33 @@ class UpdateChecker:
             self._inflight.pop(key, None)
 
     async def _listing(self, ref: RepoRef, repo: Any, commit: str) -> dict[str, str]:
-        """path -> oid of a commit's files: from the catalog if recorded, else the upstream (cached)."""
+        """path -> oid of a commit's files: from the catalog if recorded, else the upstream (cached
+        forever, one request in flight)."""
         if repo is not None and await asyncio.to_thread(self.catalog.get_commit, repo, commit) is not None:
             return {e.path: e.oid for e in await asyncio.to_thread(
                 self.catalog.list_entries, repo, commit, recursive=True, files_only=True)}
         key = f"tree:{ref}@{commit}"
-        cached = await asyncio.to_thread(self.catalog.api_cache_get, key)
-        if cached is not None:
-            return dict(orjson.loads(cached[0]))
-        listing = {e.path: e.oid for e in await self.client.tree(ref, commit) if e.is_file}
+        fut = self._listings.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._listings[key] = fut
         try:
-            await asyncio.to_thread(self.catalog.api_cache_put, key, orjson.dumps(listing), None)
-        except HubMirrorError:
-            pass  # a full disk: answered anyway, cached next time
-        return listing
+            cached = await asyncio.to_thread(self.catalog.api_cache_get, key)
+            if cached is not None:
+                listing = dict(orjson.loads(cached[0]))
+            else:
+                listing = {e.path: e.oid for e in await self.client.tree(ref, commit) if e.is_file}
+                try:
+                    await asyncio.to_thread(self.catalog.api_cache_put, key, orjson.dumps(listing), None)
+                except HubMirrorError:
+                    pass  # a full disk: answered anyway, cached next time
+            fut.set_result(listing)
+            return listing
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        finally:
+            self._listings.pop(key, None)
 
