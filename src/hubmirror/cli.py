@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -29,6 +30,25 @@ def _config_option(f: Any) -> Any:
 
     return click.option("--config", type=click.Path(dir_okay=False), expose_value=False, callback=set_config,
                         is_eager=True, help="TOML config file (also HUBMIRROR_CONFIG).")(f)
+
+
+def json_failures(f: Any) -> Any:
+    """With `--json`, a failure is one JSON object on stdout too (scripts read stdout, not stderr)."""
+
+    @functools.wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except HubMirrorError as e:
+            if not kwargs.get("as_json"):
+                raise
+            out = {"status": "failed", "error": e.message}
+            if kwargs.get("repo_id"):
+                out = {"repo_id": kwargs["repo_id"], **out}
+            click.echo(json.dumps(out))
+            sys.exit(2 if e.status == 400 else 1)
+
+    return run
 
 
 class _Group(click.Group):
@@ -222,6 +242,7 @@ def _mirror_spec(repo_id: str, repo_type: str, revisions: tuple[str, ...], inclu
 @click.option("--allow-gated", is_flag=True,
               help="Mirror a private or gated upstream repo although the mirror serves it to anyone.")
 @click.pass_context
+@json_failures
 def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisions: tuple[str, ...],
          include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, upstream: str | None,
          as_json: bool, lock_file: Path | None, retag: bool, allow_gated: bool) -> None:

@@ -4,6 +4,8 @@ its entries and the refs that move to it) happens in one transaction."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,11 +29,20 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _is_disk_full(e: BaseException) -> bool:
-    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100)."""
+def _is_disk_full(e: BaseException, db_dir: str | None) -> bool:
+    """SQLite's SQLITE_FULL, or an I/O error on a disk with no space left (opening a WAL database
+    must size its -shm file: SQLITE_IOERR_SHMSIZE); PostgreSQL's disk_full (53100)."""
     if "database or disk is full" in str(e):
         return True
-    return getattr(e, "sqlstate", None) == "53100" or getattr(e, "pgcode", None) == "53100"
+    if getattr(e, "sqlstate", None) == "53100" or getattr(e, "pgcode", None) == "53100":
+        return True
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == 10 and db_dir is not None:  # SQLITE_IOERR_*
+        try:
+            return shutil.disk_usage(db_dir).free < 1 << 20
+        except OSError:
+            return False
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +77,11 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries):
             pool_pre_ping=not is_sqlite,
         )
 
+        db_dir = os.path.dirname(self.engine.url.database or "") or "." if is_sqlite else None
+
         @sa.event.listens_for(self.engine, "handle_error")
         def _disk_full(ctx: Any) -> BaseException | None:
-            if _is_disk_full(ctx.original_exception):
+            if _is_disk_full(ctx.original_exception, db_dir):
                 # the answer callers and clients understand: 507, "InsufficientStorage"
                 return InsufficientStorage("the catalog cannot be written: its disk is full (free some space; "
                                            "everything stored keeps being served)")
