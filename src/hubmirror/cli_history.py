@@ -229,23 +229,52 @@ def export(ctx: click.Context, specs: tuple[str, ...], repo_type: str, output: P
 @_config_option
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @DATA
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--max-bytes", metavar="SIZE", help="Refuse a bundle whose new blobs add more than SIZE (e.g. 500GiB).")
+@click.option("--max-ratio", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="N",
+              help="Refuse a compressed bundle that expands more than N times its size on disk (0: no limit).")
+@click.option("--max-manifest", metavar="SIZE", default="32MiB", show_default=True,
+              help="Refuse a bundle whose manifest is larger.")
+@click.option("--min-free", metavar="SIZE", default="1GiB", show_default=True,
+              help="Free space the new blobs must leave in the data directory.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object: the report, or {"status": "failed", "error": ...}.')
 @click.pass_context
-def import_bundle(ctx: click.Context, file: Path, data: Path | None, as_json: bool) -> None:
-    """Import a bundle made by `hubmirror export`: every blob is verified before it is published;
-    unsafe members (absolute paths, '..', links, devices) are refused."""
+def import_bundle(ctx: click.Context, file: Path, data: Path | None, max_bytes: str | None, max_ratio: float,
+                  max_manifest: str, min_free: str, as_json: bool) -> None:
+    """Import a bundle made by `hubmirror export`, all or nothing. The manifest is validated whole and
+    the bundle's size bounded before any byte is written; every blob is verified before it is published;
+    unsafe members (absolute paths, '..', links, devices) are refused. If anything fails, nothing is
+    recorded and no blob is left behind. Exits 2 for a refused bundle, 1 for other failures."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    from .errors import HubMirrorError
     from .lifecycle import bundle
 
-    s = _settings(ctx, data=data)
-    services = _services(ctx, data=data)
+    def size(flag: str, value: str) -> int:
+        try:
+            return int(TypeAdapter(ByteSize).validate_python(value))
+        except ValidationError:
+            raise InvalidInput(f"invalid {flag} {value!r}: expected a size such as 500GiB") from None
+
     bar = _bar("import", as_json)
     try:
+        byte_limit = None if max_bytes is None else size("--max-bytes", max_bytes)
+        manifest_limit, reserve = size("--max-manifest", max_manifest), size("--min-free", min_free)
+        s = _settings(ctx, data=data)
+        services = _services(ctx, data=data)
         r = bundle.import_bundle(services.catalog, services.store, s.data, file, progress=bar.update,
-                                 total=lambda n: setattr(bar, "total", n))
+                                 total=lambda n: setattr(bar, "total", n), max_bytes=byte_limit,
+                                 max_ratio=max_ratio, max_manifest=manifest_limit, min_free=reserve)
+    except HubMirrorError as e:
+        if not as_json:
+            raise
+        click.echo(json.dumps({"status": "failed", "error": e.message}))
+        click.echo(f"error: {e.message}", err=True)
+        sys.exit(2 if e.status == 400 else 1)
     finally:
         bar.close()
     if as_json:
-        click.echo(json.dumps(r.__dict__))
+        click.echo(json.dumps({"status": "imported", **r.__dict__}))
     else:
         click.echo(f"imported {r.repos} repos, {r.commits} commits, {r.blobs} blobs ({r.blobs_new} new, {r.bytes} bytes)")
 
@@ -282,7 +311,8 @@ def purge(ctx: click.Context, repo_id: str, repo_type: str, reason: str, yes: bo
 @click.pass_context
 def scrub(ctx: click.Context, data: Path | None, rate: str, repair: bool, upstream: str | None, as_json: bool) -> None:
     """Re-hash stored blobs at a bounded rate; remove corrupt ones and re-fetch them when possible.
-    Exits 1 when corruption was found that could not be repaired."""
+    Also lists catalog entries whose recorded size disagrees with their stored blob.
+    Exits 1 when corruption was found that could not be repaired, or when a size disagrees."""
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
     from .lifecycle.scrub import scrub as run_scrub
@@ -306,6 +336,9 @@ def scrub(ctx: click.Context, data: Path | None, rate: str, repair: bool, upstre
                    f"{len(report.repaired)} repaired")
         for sha, why in report.unrepaired.items():
             click.echo(f"  unrepaired {sha}: {why}")
-    if report.unrepaired:
+        for m in report.size_mismatch:
+            click.echo(f"  size mismatch {m['sha256']}: the catalog records {m['recorded']} bytes, the stored blob "
+                       f"has {m['stored']} (e.g. {m['repo']}@{m['commit']} {m['path']!r})")
+    if report.unrepaired or report.size_mismatch:
         sys.exit(1)
 

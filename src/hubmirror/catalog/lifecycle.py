@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..model.names import RepoRef
+from ..errors import HubMirrorError
+from ..model.entries import Commit, Entry
+from ..model.names import RepoRef, RepoType
 from . import schema as t
 
 
@@ -17,6 +20,18 @@ def _now() -> datetime:
     from .catalog import utcnow
 
     return utcnow()
+
+
+@dataclass(frozen=True)
+class ImportedRepo:
+    """One repo of an import, for `record_import`: its commits (each with every entry), the refs
+    to set, and the detail of its audit-log entry. `commits` may be a generator."""
+
+    ref: RepoRef
+    origin: str
+    commits: Iterable[tuple[Commit, Iterable[Entry]]]
+    refs: Mapping[str, str]
+    audit: Mapping[str, Any] = field(default_factory=dict)
 
 
 class LifecycleQueries:
@@ -149,8 +164,83 @@ class LifecycleQueries:
                           .where(t.entries.c.sha256 == sha256).limit(1)).first()
         return (r.repo, r.commit, r.path, bool(r.lfs)) if r else None
 
+    def entry_blob_sizes(self) -> Iterator[tuple[str, int]]:
+        """Every distinct (sha256, size) that a file entry records, streamed (for scrub)."""
+        q = (sa.select(t.entries.c.sha256, t.entries.c.size).where(t.entries.c.sha256.is_not(None))
+             .distinct())
+        with self.engine.connect() as c:
+            for r in c.execution_options(stream_results=True, yield_per=10_000).execute(q):
+                yield r.sha256, r.size
+
+    def entry_with_size(self, sha256: str, size: int) -> tuple[RepoRef, str, str] | None:
+        """One (repo, commit, path) whose entry records this blob with this size (to name in a report)."""
+        q = (sa.select(t.repos.c.repo_type, t.repos.c.repo_id, t.entries.c.commit, t.entries.c.path)
+             .join(t.repos, t.repos.c.id == t.entries.c.repo)
+             .where(t.entries.c.sha256 == sha256, t.entries.c.size == size).limit(1))
+        with self.engine.connect() as c:
+            r = c.execute(q).first()
+        return (RepoRef(RepoType(r.repo_type), r.repo_id), r.commit, r.path) if r else None
+
+    # -- import ------------------------------------------------------------------------------
+
+    def record_import(self, repos: Iterable[ImportedRepo], *, reason: str, action: str) -> None:
+        """Create the repos, record every commit with its entries, set the refs (with their ref log)
+        and write one audit entry per repo, in ONE transaction: all of it is recorded, or nothing.
+
+        A commit that is already known keeps its entries (as in `record_commit`); an existing repo
+        keeps its origin. A database failure raises HubMirrorError after the rollback.
+        """
+        now = _now()
+        try:
+            with self.engine.begin() as c:
+                for r in repos:
+                    repo = self._repo_in(c, r.ref, r.origin, now)
+                    for commit, entries in r.commits:
+                        _insert_commit(c, repo.pk, commit, entries, now)
+                    for name, sha in r.refs.items():
+                        self._set_ref(c, repo, name, sha, reason, now)  # type: ignore[attr-defined]
+                    c.execute(sa.insert(t.audit_log).values(
+                        at=now, action=action, repo_type=r.ref.repo_type.value, repo_id=r.ref.repo_id,
+                        detail=json.dumps(dict(r.audit), default=str)))
+        except sa.exc.SQLAlchemyError as e:
+            raise HubMirrorError(f"the catalog refused the import, nothing was recorded: "
+                                 f"{getattr(e, 'orig', None) or e}") from e
+
+    def _repo_in(self, c: sa.Connection, ref: RepoRef, origin: str, now: datetime) -> Any:
+        """The RepoRow of `ref`, created inside the caller's transaction if needed."""
+        where = (t.repos.c.repo_type == ref.repo_type.value, t.repos.c.repo_id == ref.repo_id)
+        row = c.execute(sa.select(t.repos).where(*where)).first()
+        if row is None:
+            c.execute(sa.insert(t.repos).values(repo_type=ref.repo_type.value, repo_id=ref.repo_id,
+                                                created_at=now, origin=origin))
+            row = c.execute(sa.select(t.repos).where(*where)).one()
+        return self._repo_row(row)  # type: ignore[attr-defined]
+
     def _repo_by_pk(self, pk: int) -> Any:
         """The RepoRow of a primary key (for internal passes over every repo)."""
         with self.engine.connect() as c:
             r = c.execute(sa.select(t.repos).where(t.repos.c.id == pk)).first()
         return self._repo_row(r)  # type: ignore[attr-defined]
+
+
+def _insert_commit(c: sa.Connection, repo: int, commit: Commit, entries: Iterable[Entry], now: datetime) -> bool:
+    """Insert a commit and its entries unless the repo already has it (then False). The same rows
+    as Catalog.record_commit writes."""
+    known = c.execute(sa.select(t.commits.c.sha).where(t.commits.c.repo == repo, t.commits.c.sha == commit.sha)).first()
+    if known:
+        return False
+    c.execute(sa.insert(t.commits).values(
+        repo=repo, sha=commit.sha, parents=" ".join(commit.parents), tree=commit.tree, title=commit.title,
+        message=commit.message, author=commit.author,
+        date=commit.date.astimezone(timezone.utc).replace(tzinfo=None), recorded_at=now))
+    batch: list[dict[str, Any]] = []
+    for e in entries:
+        batch.append({"repo": repo, "commit": commit.sha, "path": e.path, "parent": e.parent, "type": e.type,
+                      "size": e.size, "oid": e.oid, "sha256": e.sha256, "lfs": e.lfs,
+                      "pointer_size": e.pointer_size, "last_commit": e.last_commit})
+        if len(batch) == 5000:
+            c.execute(sa.insert(t.entries), batch)
+            batch = []
+    if batch:
+        c.execute(sa.insert(t.entries), batch)
+    return True

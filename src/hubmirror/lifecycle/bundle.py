@@ -1,16 +1,28 @@
 """Air-gapped transfer.
 
-A bundle is a tar stream:
+A bundle is a tar stream, plain or compressed (gzip, bzip2, xz):
 
 ```
 hubmirror-bundle.json      manifest: repos, their commits with every entry, refs; every blob's sha256+size
-blobs/<sha256>             one member per blob, in manifest order
+blobs/<sha256>             one member per blob
 ```
 
-`import_bundle` reads it as a stream, accepts only those member names and regular files
-(no absolute paths, `..`, links or devices), verifies every blob's sha256 and size as the store
-writes it, and records the catalog only when every blob is in place. Nothing is ever extracted to
-a path taken from the archive.
+`import_bundle` trusts nothing in it, and writes nothing until the whole manifest has passed:
+
+1. the manifest comes first, is at most `max_manifest` bytes, and is validated whole against a strict
+   schema (`Manifest`): no unknown fields, no coercion ("ten" is not a size, `true` is not 1), every
+   repo id, path and ref name checked against the Hub's grammar;
+2. it is cross-checked: every file's blob is listed in the bundle or already stored, with the entry's
+   size; every ref names a commit of its repo in the bundle or in the catalog;
+3. the bundle is bounded: the bytes of blobs the store lacks must fit the free space (minus `min_free`)
+   and `max_bytes`, and a compressed bundle may not expand more than `max_ratio` times its size on
+   disk. The expanded stream can never run past what the manifest declares.
+
+Then only listed `blobs/<sha256>` regular files of the declared size are accepted (no absolute paths,
+`..`, links or devices; nothing is ever extracted to a path taken from the archive), each verified as
+the store writes it, and the catalog records everything in one transaction. All or nothing: on any
+failure (a refusal, a damaged archive, a database error, Ctrl-C) every blob this import published is
+deleted again before the GcLock is released.
 
 `export_hf_cache` writes the standard huggingface_hub cache layout (blobs/, snapshots/, refs/)
 so that a machine with no server can load with HF_HUB_OFFLINE=1.
@@ -18,20 +30,39 @@ so that a machine with no server can load with HF_HUB_OFFLINE=1.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import logging
+import lzma
 import os
 import re
+import shutil
 import tarfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any, Literal
 
-from ..catalog import Catalog, RefUpdate, RepoRow
-from ..errors import HubMirrorError, InvalidBundle, RepoNotFound
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic_core import ErrorDetails
+
+from ..catalog import Catalog, RepoRow
+from ..catalog.lifecycle import ImportedRepo
+from ..errors import (
+    DigestMismatch,
+    HubMirrorError,
+    InsufficientStorage,
+    InvalidBundle,
+    InvalidInput,
+    RepoNotFound,
+    SizeMismatch,
+)
 from ..locks import GcLock
 from ..model.entries import Commit, Entry
 from ..model.names import (
@@ -43,12 +74,262 @@ from ..model.names import (
     validate_revision,
 )
 from ..store import BlobStore
-from ..store.base import SHA256_RE
+
+log = logging.getLogger("hubmirror.bundle")
 
 MANIFEST = "hubmirror-bundle.json"
-MAX_MANIFEST = 512 << 20
+MAX_MANIFEST = 32 << 20
+MAX_SIZE = (1 << 63) - 1  # the catalog's BigInteger
+MAX_REPOS = 10_000
+MAX_COMMITS = 100_000  # per repo
+MAX_ENTRIES = 1_000_000  # per commit
+MAX_REFS = 100_000  # per repo
+MAX_BLOBS = 1_000_000
 _BLOB_NAME = re.compile(r"^blobs/([0-9a-f]{64})$")
+_REF_NAME = re.compile(r"^refs/(heads/.+|tags/.+|pr/[0-9]+|convert/.+)$")
+_ENTRY_FIELDS = ("path", "type", "oid", "size", "sha256", "lfs", "pointer_size", "last_commit")
 
+# -- the manifest's schema ---------------------------------------------------------------------
+
+
+def _rule(check: Callable[[Any], object]) -> AfterValidator:
+    """A pydantic validator from one of our checks (which raise InvalidInput with a message)."""
+
+    def run(v: Any) -> Any:
+        try:
+            check(v)
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
+        return v
+
+    return AfterValidator(run)
+
+
+def _hex(n: int) -> AfterValidator:
+    pattern = re.compile(f"^[0-9a-f]{{{n}}}$")
+
+    def check(v: str) -> None:
+        if not pattern.match(v):
+            raise InvalidInput(f"expected {n} lowercase hex digits")
+
+    return _rule(check)
+
+
+def _ref_name(v: str) -> None:
+    validate_revision(v)
+    if not _REF_NAME.match(v):
+        raise InvalidInput("expected a full ref name: refs/heads/..., refs/tags/..., refs/pr/N or refs/convert/...")
+
+
+def _version(v: int) -> None:
+    if v != 1:
+        raise InvalidInput("this hubmirror reads bundles of version 1")
+
+
+def _iso_date(v: object) -> datetime:
+    if not isinstance(v, str):
+        raise ValueError("expected an ISO-8601 date string")  # noqa: TRY004 - pydantic reports ValueError
+    try:
+        d = datetime.fromisoformat(v)
+        return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ValueError("not an ISO-8601 date") from None
+
+
+Hex40 = Annotated[str, _hex(40)]
+Sha256 = Annotated[str, _hex(64)]
+Size = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+IsoDate = Annotated[datetime, PlainValidator(_iso_date)]
+# [path, type, oid, size, sha256, lfs, pointer_size, last_commit], in the order of model.entries.Entry
+EntryRow = tuple[
+    Annotated[str, _rule(validate_path)], Literal["file", "directory"], Hex40, Size, Sha256 | None, bool,
+    Size | None, Hex40 | None,
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class BundleCommit(_Strict):
+    sha: Hex40
+    parents: Annotated[list[Hex40], Field(max_length=1000)]
+    tree: Hex40 | None
+    title: str
+    message: str
+    author: str
+    date: IsoDate
+    entries: Annotated[list[EntryRow], Field(max_length=MAX_ENTRIES)]
+
+
+class BundleRepo(_Strict):
+    repo_type: Literal["model", "dataset", "space"]
+    repo_id: Annotated[str, _rule(validate_repo_id)]
+    origin: Literal["local", "mirror", "proxy"]
+    commits: Annotated[list[BundleCommit], Field(max_length=MAX_COMMITS)]
+    refs: Annotated[dict[Annotated[str, _rule(_ref_name)], Hex40], Field(max_length=MAX_REFS)]
+
+    @property
+    def ref(self) -> RepoRef:
+        return RepoRef(RepoType(self.repo_type), self.repo_id)
+
+
+class BundleBlob(_Strict):
+    sha256: Sha256
+    size: Size
+
+
+class Manifest(_Strict):
+    format: Literal["hubmirror-bundle"]
+    version: Annotated[int, _rule(_version)]
+    created_at: IsoDate
+    repos: Annotated[list[BundleRepo], Field(max_length=MAX_REPOS)]
+    blobs: Annotated[list[BundleBlob], Field(max_length=MAX_BLOBS)]
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Validate a manifest straight from its bytes; InvalidBundle names the field path of what is wrong."""
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        shown = "; ".join(_describe(err) for err in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise InvalidBundle(f"invalid bundle manifest: {shown}{more}") from None
+
+
+def _describe(err: ErrorDetails) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if err["type"] not in ("missing", "json_invalid") and (value is None or isinstance(value, str | int | float)):
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+            got = f"a number of {value.bit_length()} bits"
+        else:
+            got = repr(value[:60] + "..." if isinstance(value, str) and len(value) > 60 else value)
+        if got not in msg:
+            msg += f" (got {got})"
+    return f"{_where(err['loc'])}: {msg}"
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """('repos', 0, 'commits', 1, 'entries', 3, 3) -> 'repos[0].commits[1].entries[3].size'."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            in_entry = i >= 2 and loc[i - 2] == "entries" and isinstance(loc[i - 1], int)
+            out += f".{_ENTRY_FIELDS[part]}" if in_entry and part < len(_ENTRY_FIELDS) else f"[{part}]"
+        elif part == "[key]":
+            out += " (the name)"
+        elif i >= 1 and loc[i - 1] == "refs":
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
+    return out or MANIFEST
+
+
+# -- cross-checks and bounds, before anything is written ------------------------------------------
+
+
+@dataclass
+class _Plan:
+    listed: dict[str, int]  # every blob the manifest lists -> size
+    new: dict[str, int]  # the listed blobs the store lacks: what this import writes
+    used: set[str]  # every blob a file entry uses
+
+
+def _cross_check(m: Manifest, catalog: Catalog, store: BlobStore) -> _Plan:
+    listed: dict[str, int] = {}
+    for i, b in enumerate(m.blobs):
+        if b.sha256 in listed:
+            raise InvalidBundle(f"invalid bundle manifest: blobs[{i}]: {b.sha256} is listed twice")
+        listed[b.sha256] = b.size
+    stored: dict[str, int | None] = {}
+
+    def stored_size(sha: str) -> int | None:
+        if sha not in stored:
+            info = store.stat(sha)
+            stored[sha] = info.size if info else None
+        return stored[sha]
+
+    for i, b in enumerate(m.blobs):
+        have = stored_size(b.sha256)
+        if have is not None and have != b.size:
+            raise InvalidBundle(f"invalid bundle manifest: blobs[{i}]: {b.sha256} is listed with {b.size} bytes, "
+                                f"but this store's copy has {have}")
+    used: set[str] = set()
+    # a repo appears once per exported revision (`export acme/x@v1 acme/x@main`); its commits once per repo
+    commits_of: dict[RepoRef, dict[str, BundleCommit]] = {}
+    for ri, r in enumerate(m.repos):
+        ref = r.ref
+        known = commits_of.setdefault(ref, {})
+        here: set[str] = set()
+        for ci, c in enumerate(r.commits):
+            at = f"repos[{ri}].commits[{ci}]"
+            if c.sha in here:
+                raise InvalidBundle(f"invalid bundle manifest: {at}: {ref} commit {c.sha} is listed twice")
+            here.add(c.sha)
+            if c.sha in known:
+                if known[c.sha] != c:
+                    raise InvalidBundle(f"invalid bundle manifest: {at}: {ref} commit {c.sha} is listed again "
+                                        f"with other content")
+                continue
+            known[c.sha] = c
+            used |= _check_entries(c, f"{ref} commit {c.sha}", at, listed, stored_size)
+    for ri, r in enumerate(m.repos):
+        repo = catalog.get_repo(r.ref)
+        for name, target in r.refs.items():
+            if target not in commits_of[r.ref] and (repo is None or catalog.get_commit(repo, target) is None):
+                raise InvalidBundle(f"invalid bundle manifest: {r.ref}: ref {name} points at {target}, a commit "
+                                    f"neither in the bundle nor in this catalog (repos[{ri}].refs[{name!r}])")
+    unused = [s for s in listed if s not in used]
+    if unused:
+        raise InvalidBundle(f"invalid bundle manifest: {len(unused)} listed blob(s) are used by no entry, "
+                            f"e.g. {unused[0]}")
+    return _Plan(listed, {s: n for s, n in listed.items() if stored[s] is None}, used)
+
+
+def _check_entries(c: BundleCommit, what: str, at: str, listed: dict[str, int],
+                   stored_size: Callable[[str], int | None]) -> set[str]:
+    """Every path once; a file's blob listed in the bundle or stored, with the entry's size. Returns the blobs used."""
+    used: set[str] = set()
+    paths: set[str] = set()
+    for ei, (path, kind, _oid, size, sha256, _lfs, _psize, _last) in enumerate(c.entries):
+        where = f"invalid bundle manifest: {what}: {path!r} ({at}.entries[{ei}])"
+        if path in paths:
+            raise InvalidBundle(f"{where} is listed twice")
+        paths.add(path)
+        if kind == "directory":
+            if sha256 is not None:
+                raise InvalidBundle(f"{where}: a directory has no sha256")
+            continue
+        if sha256 is None:
+            raise InvalidBundle(f"{where}: sha256 is null; a file needs the sha256 of its content")
+        used.add(sha256)
+        blob = listed.get(sha256)
+        if blob is None:
+            blob = stored_size(sha256)
+        if blob is None:
+            raise InvalidBundle(f"{where}: its blob {sha256} is neither in the bundle nor in this store")
+        if blob != size:
+            raise InvalidBundle(f"{where}: size {size} disagrees with its blob {sha256} of {blob} bytes")
+    return used
+
+
+def _check_bounds(stream: _Expanded, manifest_size: int, plan: _Plan, data: Path, *, max_bytes: int | None,
+                  max_ratio: float, min_free: int) -> None:
+    expanded = manifest_size + sum(plan.listed.values())
+    if stream.compressed and max_ratio > 0 and expanded > max_ratio * stream.on_disk:
+        raise InvalidBundle(
+            f"bundle {str(stream.path)!r} declares {expanded} bytes expanded from {stream.on_disk} compressed "
+            f"bytes, more than {max_ratio:g} times (--max-ratio): refused as a decompression bomb")
+    new = sum(plan.new.values())
+    if max_bytes is not None and new > max_bytes:
+        raise InvalidBundle(f"bundle {str(stream.path)!r} would add {new} bytes of new blobs, more than "
+                            f"--max-bytes {max_bytes}")
+    free = shutil.disk_usage(data).free
+    if new > free - min_free:
+        raise InsufficientStorage(f"bundle {str(stream.path)!r} would add {new} bytes of new blobs; {data} has "
+                                  f"{free} bytes free and keeps {min_free} in reserve")
 
 
 @dataclass
@@ -172,40 +453,93 @@ def _unsafe(member: tarfile.TarInfo) -> str | None:
         return "links are not allowed"
     if member.isdev() or member.ischr() or member.isblk() or member.isfifo():
         return "devices and fifos are not allowed"
-    if not member.isreg():
+    if not member.isreg() or member.issparse():
         return "only regular files are allowed"
+    if member.size < 0:
+        return "negative size"
     return None
 
 
-def _parse_manifest(data: bytes) -> dict[str, Any]:
+# -- reading the archive -----------------------------------------------------------------------
+
+_HEADERS = 1 << 20  # how far the stream may run past a member's data: the next headers and tarfile's read-ahead
+_COMPRESSED: tuple[tuple[bytes, Callable[[IO[bytes]], io.BufferedIOBase]], ...] = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"BZh", lambda f: bz2.BZ2File(f)),
+    (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f)),
+)
+
+
+class _Expanded(io.RawIOBase):
+    """The bundle's tar bytes, decompressed here (not by tarfile) so that no more than `limit` of them
+    are ever produced: a member, a pax header (which tarfile reads whole, into memory) or a
+    decompression bomb cannot run past it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.expanded = 0
+        self.limit = _HEADERS
+        self._file: io.BufferedReader | None = None
+        self._src: io.BufferedIOBase | None = None
+        try:
+            self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+            self.on_disk = os.fstat(self._file.fileno()).st_size
+            head = self._file.peek(6)[:6]
+        except OSError as e:
+            self.close()
+            raise InvalidBundle(f"cannot read bundle {str(path)!r}: {e.strerror or e}") from None
+        self._src = self._file
+        self.compressed = False
+        for magic, opener in _COMPRESSED:
+            if head.startswith(magic):
+                self._src, self.compressed = opener(self._file), True
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        room = self.limit - self.expanded
+        if room <= 0:
+            if not self._read(view[:1]):
+                return 0  # the end, exactly at the limit
+            raise InvalidBundle(f"bundle {str(self.path)!r} refused: tar headers run more than {_HEADERS} bytes "
+                                f"past the member before them (at byte {self.expanded} of the archive)")
+        n = self._read(view[: min(len(view), room)])
+        self.expanded += n
+        return n
+
+    def _read(self, view: memoryview) -> int:
+        assert self._src is not None
+        try:
+            return self._src.readinto(view)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
+            raise InvalidBundle(f"bundle {str(self.path)!r} is damaged: {e}") from None
+
+    def close(self) -> None:
+        try:
+            for f in {id(f): f for f in (self._src, self._file) if f is not None}.values():
+                f.close()
+        finally:
+            super().close()
+
+
+def _end(member: tarfile.TarInfo) -> int:
+    """Where a member's data (padded to 512-byte blocks) ends in the expanded archive."""
+    return member.offset_data + -(-member.size // 512) * 512
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """tarfile's own complaints (bad headers, a truncated archive) as InvalidBundle."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidBundle(f"bundle manifest is not JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != "hubmirror-bundle" or doc.get("version") != 1:
-        raise InvalidBundle("not a hubmirror bundle (format/version)")
-    for b in doc.get("blobs", []):
-        if not SHA256_RE.match(str(b.get("sha256", ""))) or not isinstance(b.get("size"), int) or b["size"] < 0:
-            raise InvalidBundle(f"bundle manifest lists an invalid blob {b!r}")
-    for r in doc.get("repos", []):
-        validate_repo_id(str(r.get("repo_id")))
-        RepoType.parse(str(r.get("repo_type")))
-        if r.get("origin") not in ("local", "mirror", "proxy"):
-            raise InvalidBundle(f"bundle manifest: invalid origin {r.get('origin')!r}")
-        for name, commit in (r.get("refs") or {}).items():
-            validate_revision(str(name))
-            if not is_commit_sha(str(commit)):
-                raise InvalidBundle(f"bundle manifest: ref {name!r} points at an invalid commit")
-        for c in r.get("commits", []):
-            if not is_commit_sha(str(c.get("sha"))) or not all(is_commit_sha(str(p)) for p in c.get("parents", [])):
-                raise InvalidBundle("bundle manifest: invalid commit sha")
-            for e in c.get("entries", []):
-                if not isinstance(e, list) or len(e) != 8:
-                    raise InvalidBundle("bundle manifest: malformed entry")
-                validate_path(str(e[0]))
-                if e[1] not in ("file", "directory") or (e[4] is not None and not SHA256_RE.match(str(e[4]))):
-                    raise InvalidBundle(f"bundle manifest: malformed entry {e[0]!r}")
-    return doc
+        yield
+    except tarfile.TarError as e:
+        raise InvalidBundle(f"bundle {str(path)!r} is damaged: {e}") from None
+
+
+# -- import ------------------------------------------------------------------------------------
 
 
 def import_bundle(
@@ -216,73 +550,148 @@ def import_bundle(
     *,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    max_manifest: int = MAX_MANIFEST,
+    max_bytes: int | None = None,
+    max_ratio: float = 100.0,
+    min_free: int = 1 << 30,
 ) -> BundleReport:
-    try:
-        tar = tarfile.open(path, mode="r|*")
-    except (OSError, tarfile.TarError) as e:
-        raise InvalidBundle(f"cannot read bundle {str(path)!r}: {e}") from None
-    with GcLock(data), tar:
-        doc: dict[str, Any] | None = None
-        expected: dict[str, int] = {}
-        seen: set[str] = set()
-        new = 0
+    """Import a bundle, all or nothing (see the module docstring). InvalidBundle for a bundle that is
+    refused, InsufficientStorage when its new blobs do not fit; then nothing was recorded or kept."""
+    published: list[str] = []  # blobs this import added to the store: removed again if it fails
+    with _Expanded(path) as stream, GcLock(data):
         try:
-            for member in tar:
-                why = _unsafe(member)
-                if why:
-                    raise InvalidBundle(f"bundle member {member.name!r} refused: {why}")
-                if doc is None:
-                    if member.name != MANIFEST or member.size > MAX_MANIFEST:
-                        raise InvalidBundle(f"bundle must start with {MANIFEST}, found {member.name!r}")
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    doc = _parse_manifest(fh.read())
-                    expected = {b["sha256"]: b["size"] for b in doc.get("blobs", [])}
-                    if total:
-                        total(sum(expected.values()))
-                    continue
-                m = _BLOB_NAME.match(member.name)
-                if not m or m.group(1) not in expected or m.group(1) in seen:
-                    raise InvalidBundle(f"bundle member {member.name!r} refused: not a blob listed in the manifest")
-                sha = m.group(1)
-                seen.add(sha)
-                if member.size != expected[sha]:
-                    raise InvalidBundle(f"bundle member {member.name!r}: size {member.size} differs from the manifest")
-                if store.stat(sha) is not None:
-                    if progress:
-                        progress(member.size)
-                    continue
-                fh = tar.extractfile(member)
-                assert fh is not None
-                with store.writer() as w:
-                    while chunk := fh.read(1 << 20):
-                        w.write(chunk)
-                        if progress:
-                            progress(len(chunk))
-                    w.commit(sha, member.size)  # DigestMismatch/SizeMismatch: nothing is published
-                new += 1
-        except tarfile.TarError as e:
-            raise InvalidBundle(f"bundle {str(path)!r} is damaged: {e}") from None
-        if doc is None:
-            raise InvalidBundle(f"bundle {str(path)!r} is empty")
-        missing = [s for s in expected if store.stat(s) is None]
-        if missing:
-            raise InvalidBundle(f"bundle lacks {len(missing)} blob(s) its manifest lists, e.g. {missing[0]}")
-        ncommits = 0
-        for r in doc["repos"]:
-            ref = RepoRef(RepoType.parse(r["repo_type"]), r["repo_id"])
-            repo = catalog.ensure_repo(ref, r["origin"] if r["origin"] != "proxy" else "mirror")
-            for c in r["commits"]:
-                entries = [Entry(x[0], x[1], x[2], x[3], x[4], bool(x[5]), x[6], x[7]) for x in c["entries"]]
-                commit = Commit(c["sha"], c["parents"], c["title"], c["message"], c["author"],
-                                datetime.fromisoformat(c["date"]), c["tree"])
-                catalog.record_commit(repo, commit, entries, [], reason="import-bundle")
-                ncommits += 1
-            moves = [RefUpdate(n, sha) for n, sha in r["refs"].items()]
-            if moves:
-                catalog.record_commit(repo, Commit(moves[0].commit or ""), [], moves, reason="import-bundle")
-            catalog.audit("import-bundle", ref, bundle=str(path), commits=len(r["commits"]))
-    return BundleReport(len(doc["repos"]), ncommits, len(expected), sum(expected.values()), new)
+            return _import(catalog, store, data, stream, published, progress=progress, total=total,
+                           max_manifest=max_manifest, max_bytes=max_bytes, max_ratio=max_ratio, min_free=min_free)
+        except BaseException:
+            _unpublish(catalog, store, published)
+            raise
+
+
+def _import(
+    catalog: Catalog,
+    store: BlobStore,
+    data: Path,
+    stream: _Expanded,
+    published: list[str],
+    *,
+    progress: Callable[[int], None] | None,
+    total: Callable[[int], None] | None,
+    max_manifest: int,
+    max_bytes: int | None,
+    max_ratio: float,
+    min_free: int,
+) -> BundleReport:
+    path = stream.path
+    with _reading(path):
+        tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - holds nothing the stream does not
+        members = iter(tar)
+        first = next(members, None)
+    if first is None:
+        raise InvalidBundle(f"bundle {str(path)!r} is empty")
+    why = _unsafe(first)
+    if why:
+        raise InvalidBundle(f"bundle member {first.name!r} refused: {why}")
+    if first.name != MANIFEST:
+        raise InvalidBundle(f"bundle must start with {MANIFEST}, found {first.name!r}")
+    if first.size > max_manifest:
+        raise InvalidBundle(f"bundle manifest is {first.size} bytes, more than the limit of {max_manifest} "
+                            f"(--max-manifest)")
+    stream.limit = _end(first) + _HEADERS
+    with _reading(path):
+        fh = tar.extractfile(first)
+        assert fh is not None
+        raw = fh.read(max_manifest + 1)
+    if len(raw) > max_manifest:
+        raise InvalidBundle(f"bundle manifest is more than {max_manifest} bytes (--max-manifest)")
+    manifest = parse_manifest(raw)
+    del raw
+    plan = _cross_check(manifest, catalog, store)
+    _check_bounds(stream, first.size, plan, data, max_bytes=max_bytes, max_ratio=max_ratio, min_free=min_free)
+    if total:
+        total(sum(plan.listed.values()))
+
+    seen: set[str] = set()
+    while True:
+        with _reading(path):
+            member = next(members, None)
+        if member is None:
+            break
+        why = _unsafe(member)
+        if why:
+            raise InvalidBundle(f"bundle member {member.name!r} refused: {why}")
+        m = _BLOB_NAME.match(member.name)
+        if not m or m.group(1) not in plan.listed:
+            raise InvalidBundle(f"bundle member {member.name!r} refused: not a blob listed in the manifest")
+        sha = m.group(1)
+        if sha in seen:
+            raise InvalidBundle(f"bundle member {member.name!r} refused: it appears twice")
+        seen.add(sha)
+        if member.size != plan.listed[sha]:
+            raise InvalidBundle(f"bundle member {member.name!r}: size {member.size} differs from the manifest's "
+                                f"{plan.listed[sha]}")
+        stream.limit = _end(member) + _HEADERS  # so the archive never expands past what the manifest declares
+        if store.stat(sha) is not None:
+            if progress:
+                progress(member.size)
+            continue  # stored already: tarfile skips the bytes
+        _write_blob(store, tar, member, path, published, progress)
+
+    missing = [s for s in plan.listed if store.stat(s) is None]
+    if missing:
+        raise InvalidBundle(f"bundle lacks {len(missing)} blob(s) its manifest lists, e.g. {missing[0]}")
+    gone = [s for s in plan.used - plan.listed.keys() if store.stat(s) is None]
+    if gone:
+        raise InvalidBundle(f"bundle relies on blob {gone[0]} of this store, which was removed during the import")
+    catalog.record_import((_imported(r, path) for r in manifest.repos), reason="import-bundle",
+                          action="import-bundle")
+    ncommits = sum(len(r.commits) for r in manifest.repos)
+    return BundleReport(len(manifest.repos), ncommits, len(plan.listed), sum(plan.listed.values()), len(published))
+
+
+def _write_blob(store: BlobStore, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, published: list[str],
+                progress: Callable[[int], None] | None) -> None:
+    """Stream one member into the store; it is published only if it hashes to its name."""
+    sha = member.name.removeprefix("blobs/")
+    with _reading(path):
+        fh = tar.extractfile(member)
+    assert fh is not None
+    with store.writer() as w:
+        while True:
+            with _reading(path):
+                chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            w.write(chunk)
+            if progress:
+                progress(len(chunk))
+        if store.stat(sha) is not None:
+            return  # another writer published it meanwhile: it is theirs, not ours to remove
+        published.append(sha)  # before commit: an interrupt right after publishing still removes it
+        try:
+            w.commit(sha, member.size)
+        except (DigestMismatch, SizeMismatch) as e:
+            raise InvalidBundle(f"bundle member {member.name!r}: {e.message}") from None
+
+
+def _imported(r: BundleRepo, path: Path) -> ImportedRepo:
+    commits = ((Commit(c.sha, list(c.parents), c.title, c.message, c.author, c.date, c.tree),
+                (Entry(*e) for e in c.entries)) for c in r.commits)
+    return ImportedRepo(r.ref, "mirror" if r.origin == "proxy" else r.origin, commits, r.refs,
+                        {"bundle": str(path), "commits": len(r.commits)})
+
+
+def _unpublish(catalog: Catalog, store: BlobStore, published: list[str]) -> None:
+    """Remove the blobs a failed import published, unless a catalog row (another writer's) uses one."""
+    for sha in published:
+        try:
+            used = catalog.where_is(sha) is not None
+        except Exception:  # noqa: BLE001
+            used = False  # the catalog is what failed: nothing of ours references it
+        if not used:
+            try:
+                store.delete(sha)
+            except Exception as e:  # noqa: BLE001 - keep removing the others; gc removes what is left
+                log.error("could not remove blob %s of a failed import: %s", sha, e)
 
 
 def export_hf_cache(

@@ -1,5 +1,7 @@
 """Scrub: re-hash every stored blob at a bounded rate, report the corrupt ones, remove them so
-they are never served, and fetch them again from the upstream when a repo there still has them."""
+they are never served, and fetch them again from the upstream when a repo there still has them.
+Then report every catalog entry whose recorded size disagrees with its stored blob (it would be
+served with a wrong Content-Length): nothing can repair that but re-recording the commit."""
 
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ class ScrubReport:
     corrupt: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: dict[str, str] = field(default_factory=dict)
+    # entries whose recorded size is not their blob's: {sha256, recorded, stored, repo, commit, path}
+    size_mismatch: list[dict[str, object]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {"checked": self.checked, "bytes": self.bytes, "corrupt": self.corrupt, "repaired": self.repaired,
-                "unrepaired": self.unrepaired}
+                "unrepaired": self.unrepaired, "size_mismatch": self.size_mismatch}
 
 
 def _hash(store: BlobStore, sha: str, rate: float) -> tuple[str, int]:
@@ -50,6 +54,7 @@ async def scrub(
     catalog: Catalog, store: BlobStore, data: Path, client: HubClient | None, *, rate: float, repair: bool
 ) -> ScrubReport:
     report = ScrubReport()
+    sizes: dict[str, int] = {}  # sound blobs -> their size
     for sha in list(store.list()):
         try:
             actual, n = await asyncio.to_thread(_hash, store, sha, rate)
@@ -58,6 +63,7 @@ async def scrub(
         report.checked += 1
         report.bytes += n
         if actual == sha:
+            sizes[sha] = n
             continue
         log.error("blob %s is corrupt (hashes to %s); removing it", sha, actual)
         report.corrupt.append(sha)
@@ -93,4 +99,19 @@ async def scrub(
             await asyncio.to_thread(catalog.audit, "scrub-repaired", repo.ref, sha256=sha, path=path, commit=commit)
         except HubMirrorError as e:
             report.unrepaired[sha] = e.message
+    report.size_mismatch = await asyncio.to_thread(_size_mismatches, catalog, sizes)
     return report
+
+
+def _size_mismatches(catalog: Catalog, sizes: dict[str, int]) -> list[dict[str, object]]:
+    """Entries whose recorded size is not the size of their (sound) stored blob, one per (sha256, size)."""
+    found: list[tuple[str, int]] = [(sha, recorded) for sha, recorded in catalog.entry_blob_sizes()
+                                    if sha in sizes and sizes[sha] != recorded]
+    out: list[dict[str, object]] = []
+    for sha, recorded in found:
+        where = catalog.entry_with_size(sha, recorded)  # one such entry, to name in the report
+        log.error("catalog entries record %d bytes for blob %s, which has %d", recorded, sha, sizes[sha])
+        out.append({"sha256": sha, "recorded": recorded, "stored": sizes[sha],
+                    "repo": str(where[0]) if where else None, "commit": where[1] if where else None,
+                    "path": where[2] if where else None})
+    return out
