@@ -668,9 +668,12 @@ def _write_blob(store: BlobStore, tar: tarfile.TarFile, member: tarfile.TarInfo,
             return  # another writer published it meanwhile: it is theirs, not ours to remove
         published.append(sha)  # before commit: an interrupt right after publishing still removes it
         try:
-            w.commit(sha, member.size)
+            info = w.commit(sha, member.size)
         except (DigestMismatch, SizeMismatch) as e:
+            published.pop()
             raise InvalidBundle(f"bundle member {member.name!r}: {e.message}") from None
+        if not info.created:  # another writer published it meanwhile: theirs, not ours to remove
+            published.pop()
 
 
 def _imported(r: BundleRepo, path: Path) -> ImportedRepo:

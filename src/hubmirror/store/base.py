@@ -28,6 +28,7 @@ def check_sha256(sha256: str) -> str:
 class BlobInfo:
     sha256: str
     size: int
+    created: bool = True  # from a commit: False if the blob was already there (another writer's)
 
 
 class BlobWriter(ABC):
@@ -57,7 +58,8 @@ class BlobWriter(ABC):
         """Check digest and size, make the bytes durable, publish under `sha256`.
 
         Raises DigestMismatch or SizeMismatch (and discards the bytes) if they differ.
-        Publishing a blob that already exists is not an error: the store is content-addressed.
+        Publishing a blob that already exists is not an error: the store is content-addressed;
+        the existing blob is kept and the result says `created=False`.
         """
 
     @abstractmethod

@@ -9,7 +9,8 @@ root/
 ```
 
 A write goes to `tmp/`, is hashed as it is written, fsynced, checked against the expected
-sha256 and size, and only then renamed into `sha256/`. A crash leaves at most a `.partial`
+sha256 and size, and only then linked into `sha256/` (if absent: an existing blob is never
+replaced, and the writer learns whether it created the blob) and unlinked from `tmp/`. A crash leaves at most a `.partial`
 file, which `sweep()` removes at the next start. A blob is never visible half-written.
 """
 
@@ -130,13 +131,18 @@ class _LocalWriter(BlobWriter):
             final = self._store._path(sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(self._tmp, 0o444)
-            os.replace(self._tmp, final)
+            try:  # publish only if absent, atomically: whoever created it knows it did
+                os.link(self._tmp, final)
+                created = True
+            except FileExistsError:
+                created = False
+            os.unlink(self._tmp)
             _fsync_dir(final.parent)
         except OSError as e:
             self.cancel()
             raise _os_error(e, f"publishing blob {sha256}") from e
         self._done = True
-        return BlobInfo(sha256, size)
+        return BlobInfo(sha256, size, created)
 
     def cancel(self) -> None:
         if self._done:
