@@ -32,6 +32,7 @@ from ..errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from ..coord import SingleFlight
 from ..hub import HubClient
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha
@@ -81,29 +82,14 @@ class ProxyReader(LocalReader):
         self.ref_ttl = min(self.ref_ttl, branch_ttl)
         self._checked: dict[tuple[int, str], float] = {}
         self._negative: dict[tuple[RepoRef, str], tuple[HubMirrorError, float]] = {}
-        self._inflight: dict[tuple[RepoRef, str], asyncio.Future[tuple[RepoRow, str, str | None]]] = {}
+        self._inflight: SingleFlight[tuple[RepoRef, str], tuple[RepoRow, str, str | None]] = SingleFlight()
         self._access: dict[str, tuple[int, bool, datetime]] = {}
 
     # -- revision resolution ----------------------------------------------------------------
 
     async def _ensure(self, ref: RepoRef, revision: str) -> tuple[RepoRow, str, str | None]:
         """(repo, commit, stale reason) for a revision, asking the upstream when needed. Single flight."""
-        key = (ref, revision)
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            result = await self._ensure_once(ref, revision)
-            fut.set_result(result)
-            return result
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # mark retrieved
-            raise
-        finally:
-            self._inflight.pop(key, None)
+        return await self._inflight.run((ref, revision), lambda: self._ensure_once(ref, revision))
 
     async def _ensure_once(self, ref: RepoRef, revision: str) -> tuple[RepoRow, str, str | None]:
         repo = await self._run(self.catalog.get_repo, ref)

@@ -30,6 +30,7 @@ from ..errors import (
     RevisionNotFound,
     UpstreamError,
 )
+from ..coord import SingleFlight
 from ..hub import HubClient
 from ..model.names import RepoRef, is_commit_sha
 from .engine import matches
@@ -60,8 +61,8 @@ class UpdateChecker:
         self.allow_gated = allow_gated
         self.ttl = ttl
         self._cache: dict[tuple[RepoRef, str], _Upstream] = {}
-        self._inflight: dict[tuple[RepoRef, str], asyncio.Future[_Upstream]] = {}
-        self._listings: dict[str, asyncio.Future[dict[str, str]]] = {}
+        self._inflight: SingleFlight[tuple[RepoRef, str], _Upstream] = SingleFlight()
+        self._listings: SingleFlight[str, dict[str, str]] = SingleFlight()
 
     def _serves(self, ref: RepoRef) -> tuple[Any, Any, bool]:
         """(repo row, mirror row, may ask the upstream), or RepoNotFound for repos not followed."""
@@ -135,29 +136,19 @@ class UpdateChecker:
         ttl = float("inf") if is_commit_sha(revision) else self.ttl
         if hit is not None and time.monotonic() - hit.at < ttl:
             return hit
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            info = await self.client.repo_info(ref, revision)
-            if (info.get("private") or info.get("gated")) and not allow_gated:
-                # this mirror does not serve it: say no more than for a repo it does not have
-                raise RepoNotFound(f"Repository not found: {ref} is private or gated upstream and not served here")
-            lm = info.get("lastModified")
-            up = _Upstream(str(info["sha"]), lm if isinstance(lm, str) and len(lm) < 64 else None, time.monotonic())
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = up
-            fut.set_result(up)
-            return up
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: waiters get it through shield
-            raise
-        finally:
-            self._inflight.pop(key, None)
+        return await self._inflight.run(key, lambda: self._ask(ref, revision, key, allow_gated))
+
+    async def _ask(self, ref: RepoRef, revision: str, key: tuple[RepoRef, str], allow_gated: bool) -> _Upstream:
+        info = await self.client.repo_info(ref, revision)
+        if (info.get("private") or info.get("gated")) and not allow_gated:
+            # this mirror does not serve it: say no more than for a repo it does not have
+            raise RepoNotFound(f"Repository not found: {ref} is private or gated upstream and not served here")
+        lm = info.get("lastModified")
+        up = _Upstream(str(info["sha"]), lm if isinstance(lm, str) and len(lm) < 64 else None, time.monotonic())
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = up
+        return up
 
     async def _listing(self, ref: RepoRef, repo: Any, commit: str) -> dict[str, str]:
         """path -> oid of a commit's files: from the catalog if recorded, else the upstream (cached
@@ -166,27 +157,15 @@ class UpdateChecker:
             return {e.path: e.oid for e in await asyncio.to_thread(
                 self.catalog.list_entries, repo, commit, recursive=True, files_only=True)}
         key = f"tree:{ref}@{commit}"
-        fut = self._listings.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._listings[key] = fut
-        try:
-            cached = await asyncio.to_thread(self.catalog.api_cache_get, key)
-            if cached is not None:
-                listing = dict(orjson.loads(cached[0]))
-            else:
-                listing = {e.path: e.oid for e in await self.client.tree(ref, commit) if e.is_file}
-                try:
-                    await asyncio.to_thread(self.catalog.api_cache_put, key, orjson.dumps(listing), None)
-                except HubMirrorError:
-                    pass  # a full disk: answered anyway, cached next time
-            fut.set_result(listing)
-            return listing
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()
-            raise
-        finally:
-            self._listings.pop(key, None)
+        return await self._listings.run(key, lambda: self._fetch_listing(ref, commit, key))
 
+    async def _fetch_listing(self, ref: RepoRef, commit: str, key: str) -> dict[str, str]:
+        cached = await asyncio.to_thread(self.catalog.api_cache_get, key)
+        if cached is not None:
+            return dict(orjson.loads(cached[0]))
+        listing = {e.path: e.oid for e in await self.client.tree(ref, commit) if e.is_file}
+        try:
+            await asyncio.to_thread(self.catalog.api_cache_put, key, orjson.dumps(listing), None)
+        except HubMirrorError:
+            pass  # a full disk: answered anyway, cached next time
+        return listing
