@@ -70,10 +70,18 @@ def stats(p: subprocess.CompletedProcess[str]) -> dict[str, float]:
     return json.loads(line.removeprefix("@@STATS@@"))  # type: ignore[no-any-return]
 
 
+def lfs_pointer(content: bytes) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256(content)}\nsize {len(content)}\n".encode()
+
+
 def entry(path: str, content: bytes | None, *, lfs: bool = False) -> list[Any]:
+    """As the Hub lists it: an LFS file's oid is its pointer's git blob sha1, a regular file's its bytes'."""
     if content is None:
         return [path, "directory", "d" * 40, 0, None, False, None, None]
-    return [path, "file", git_oid(content), len(content), sha256(content), lfs, 130 if lfs else None, C1]
+    if lfs:
+        pointer = lfs_pointer(content)
+        return [path, "file", git_oid(pointer), len(content), sha256(content), True, len(pointer), C1]
+    return [path, "file", git_oid(content), len(content), sha256(content), False, None, C1]
 
 
 def good_manifest() -> dict[str, Any]:
@@ -275,6 +283,8 @@ def test_entry_and_listing_agree_on_a_wrong_size_the_bytes_still_decide(tmp_path
     m = good_manifest()
     _entries(m)[2][3] = len(WEIGHTS) - 1
     m["blobs"][1]["size"] = len(WEIGHTS) - 1
+    pointer = lfs_pointer(WEIGHTS).replace(b"size %d" % len(WEIGHTS), b"size %d" % (len(WEIGHTS) - 1))
+    _entries(m)[2][2], _entries(m)[2][6] = git_oid(pointer), len(pointer)  # the entry's oid agrees with the lie too
     short = WEIGHTS[:-1]  # the member carries the declared number of bytes, which do not hash to the name
     bundle = write_bundle(tmp_path / "b.tar", m, [good_blobs()[0], (f"blobs/{sha256(WEIGHTS)}", short)])
     refused(bundle, tmp_path / "d", f"bundle member 'blobs/{sha256(WEIGHTS)}': blob {sha256(WEIGHTS)}: "
@@ -588,3 +598,67 @@ def test_scrub_reports_an_entry_whose_size_disagrees_with_its_blob(tmp_path: Pat
                                         "path": "sub/weights.bin"}]
     p = hm("scrub", "--data", data, "--no-repair")
     assert p.returncode == 1 and f"size mismatch {sha256(WEIGHTS)}" in p.stdout and "sub/weights.bin" in p.stdout
+
+
+# -- git object ids: what clients see as a regular file's ETag ----------------------------------
+
+WHERE_CONFIG = f"acme/hostile commit {C1}: 'config.json' (repos[0].commits[0].entries[0])"
+WHERE_WEIGHTS = f"acme/hostile commit {C1}: 'sub/weights.bin' (repos[0].commits[0].entries[2])"
+
+
+def test_an_lfs_entry_whose_oid_is_not_its_pointers_is_refused(tmp_path: Path) -> None:
+    m = good_manifest()
+    _entries(m)[2][2] = git_oid(WEIGHTS)  # the bytes' sha1, not the pointer's: what a careless exporter writes
+    out = refused(write_bundle(tmp_path / "b.tar", m), tmp_path / "d", f"{WHERE_WEIGHTS}: oid {git_oid(WEIGHTS)}")
+    assert f"not the git blob sha1 of its LFS pointer, {git_oid(lfs_pointer(WEIGHTS))}" in out["error"]
+
+
+def test_an_lfs_entry_whose_pointer_size_is_wrong_is_refused(tmp_path: Path) -> None:
+    m = good_manifest()
+    size = len(lfs_pointer(WEIGHTS))
+    _entries(m)[2][6] = size + 1
+    out = refused(write_bundle(tmp_path / "b.tar", m), tmp_path / "d", f"{WHERE_WEIGHTS}: pointer_size {size + 1}")
+    assert f"not the size of its LFS pointer, {size}" in out["error"]
+    _entries(m)[2][6] = None
+    refused(write_bundle(tmp_path / "none.tar", m), tmp_path / "e", f"{WHERE_WEIGHTS}: pointer_size None")
+
+
+def test_a_regular_entry_whose_oid_is_not_its_bytes_is_refused_as_the_blob_streams_in(tmp_path: Path) -> None:
+    m = good_manifest()
+    wrong = git_oid(CONFIG + b"\n")
+    _entries(m)[0][2] = wrong
+    # the weights (LFS) come first and are published; the config is refused before it is, and the weights go again
+    bundle = write_bundle(tmp_path / "b.tar", m, list(reversed(good_blobs())))
+    out = refused(bundle, tmp_path / "d", f"{WHERE_CONFIG}: oid {wrong} is not the git blob sha1 of its bytes")
+    assert git_oid(CONFIG) in out["error"]
+    # a second entry on the same blob that records another oid: one of them is wrong, and it is named
+    m = good_manifest()
+    _entries(m).append(entry("copy.json", CONFIG)[:2] + [wrong] + entry("copy.json", CONFIG)[3:])
+    refused(write_bundle(tmp_path / "twice.tar", m), tmp_path / "e",
+            f"acme/hostile commit {C1}: 'copy.json' (repos[0].commits[0].entries[3]): oid {wrong}")
+
+
+def test_a_regular_entry_whose_oid_is_not_its_stored_blobs_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    imported(write_bundle(tmp_path / "full.tar", good_manifest()), data)
+    blobs, rows = stored_blobs(data), catalog_rows(data)
+    wrong = git_oid(b"something else")
+    # a thin bundle: a new commit whose blobs are all in the store, one regular entry with a wrong oid
+    m = good_manifest()
+    c2 = copy.deepcopy(m["repos"][0]["commits"][0]) | {"sha": C2, "parents": [C1], "title": "second"}
+    c2["entries"][0][2] = wrong
+    m["repos"][0]["commits"] = [c2]
+    m["repos"][0]["refs"] = {"refs/heads/main": C2}
+    m["blobs"] = []
+    where = f"acme/hostile commit {C2}: 'config.json' (repos[0].commits[0].entries[0])"
+    refused(write_bundle(tmp_path / "thin.tar", m, []), data, f"{where}: oid {wrong} is not the git blob sha1 "
+                                                               f"of its bytes, {git_oid(CONFIG)}")
+    # the blob travels too, but the store's copy (what will be served) is the one that is hashed
+    m["blobs"] = [{"sha256": sha256(CONFIG), "size": len(CONFIG)}]
+    refused(write_bundle(tmp_path / "listed.tar", m, good_blobs()[:1]), data, f"{where}: oid {wrong}")
+    assert_nothing_left(data, blobs, rows)
+    # with the right oid, the same thin bundle imports
+    c2["entries"][0][2] = git_oid(CONFIG)
+    m["blobs"] = []
+    assert imported(write_bundle(tmp_path / "good.tar", m, []), data)["blobs_new"] == 0
+

@@ -48,6 +48,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..model.entries import Commit, Entry
+from ..model.gitobj import lfs_pointer
 from ..model.names import RepoRef, is_commit_sha, validate_path
 from .breaker import CircuitBreaker
 
@@ -625,5 +626,7 @@ def _entry(item: Any, ref: RepoRef, commit: str) -> Entry:
         if not _SHA256.match(sha256) or lfs.get("size") != size:
             raise UpstreamError(f"{ref}@{commit}: upstream LFS entry {path!r} has no valid sha256/size")
         ps = lfs.get("pointerSize")
-        return Entry(path, "file", oid, size, sha256, True, ps if isinstance(ps, int) and 0 <= ps < 1 << 20 else None)
+        if not isinstance(ps, int) or isinstance(ps, bool) or not 0 < ps < 1 << 20:
+            ps = len(lfs_pointer(sha256, size))  # the standard pointer's length, as git-lfs writes it
+        return Entry(path, "file", oid, size, sha256, True, ps)
     return Entry(path, "file", oid, size, None, False, None)

@@ -10,28 +10,32 @@ blobs/<sha256>             one member per blob
 `import_bundle` trusts nothing in it, and writes nothing until the whole manifest has passed:
 
 1. the manifest comes first, is at most `max_manifest` bytes, and is validated whole against a strict
-   schema (`Manifest`): no unknown fields, no coercion ("ten" is not a size, `true` is not 1), every
-   repo id, path and ref name checked against the Hub's grammar;
-2. it is cross-checked: every file's blob is listed in the bundle or already stored, with the entry's
-   size; every ref names a commit of its repo in the bundle or in the catalog;
-3. the bundle is bounded: the bytes of blobs the store lacks must fit the free space (minus `min_free`)
+   schema, then cross-checked against itself, the store and the catalog (`manifest.py`);
+2. the bundle is bounded: the bytes of blobs the store lacks must fit the free space (minus `min_free`)
    and `max_bytes`, and a compressed bundle may not expand more than `max_ratio` times its size on
-   disk. The expanded stream can never run past what the manifest declares.
+   disk. The expanded stream can never run past what the manifest declares;
+3. a regular file's oid must be the git blob sha1 of its bytes: a blob the store already has is read
+   once to prove it, before anything is written.
 
 Then only listed `blobs/<sha256>` regular files of the declared size are accepted (no absolute paths,
 `..`, links or devices; nothing is ever extracted to a path taken from the archive), each verified as
-the store writes it, and the catalog records everything in one transaction. All or nothing: on any
-failure (a refusal, a damaged archive, a database error, Ctrl-C) every blob this import published is
-deleted again before the GcLock is released.
+the store writes it (sha256, and the git blob sha1 its regular files record, in the same pass), and the
+catalog records everything in one transaction. All or nothing: on any failure (a refusal, a damaged
+archive, a database error, Ctrl-C) every blob this import published is deleted again before the GcLock
+is released.
 
 `export_hf_cache` writes the standard huggingface_hub cache layout (blobs/, snapshots/, refs/)
 so that a machine with no server can load with HF_HUB_OFFLINE=1.
+
+The manifest's schema and cross-checks live in manifest.py, split out when this module grew past
+DESIGN.md's ~600 lines; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -45,12 +49,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
-from pydantic_core import ErrorDetails
+from typing import IO, Any
 
 from ..catalog import Catalog, RepoRow
 from ..catalog.lifecycle import ImportedRepo
@@ -59,263 +60,50 @@ from ..errors import (
     HubMirrorError,
     InsufficientStorage,
     InvalidBundle,
-    InvalidInput,
     RepoNotFound,
     SizeMismatch,
 )
 from ..locks import GcLock
 from ..model.entries import Commit, Entry
-from ..model.names import (
-    RepoRef,
-    RepoType,
-    is_commit_sha,
-    validate_path,
-    validate_repo_id,
-    validate_revision,
-)
+from ..model.gitobj import git_blob_header
+from ..model.names import RepoRef, is_commit_sha
 from ..store import BlobStore
+from .manifest import (
+    MANIFEST,
+    MAX_MANIFEST,
+    BundleBlob,
+    BundleCommit,
+    BundleRepo,
+    Manifest,
+    Plan,
+    check_oid,
+    check_stored_oids,
+    cross_check,
+    parse_manifest,
+)
+
+__all__ = [
+    "MANIFEST",
+    "MAX_MANIFEST",
+    "BundleBlob",
+    "BundleCommit",
+    "BundleRepo",
+    "BundleReport",
+    "Manifest",
+    "export_bundle",
+    "export_hf_cache",
+    "import_bundle",
+    "parse_manifest",
+]
 
 log = logging.getLogger("hubmirror.bundle")
 
-MANIFEST = "hubmirror-bundle.json"
-MAX_MANIFEST = 32 << 20
-MAX_SIZE = (1 << 63) - 1  # the catalog's BigInteger
-MAX_REPOS = 10_000
-MAX_COMMITS = 100_000  # per repo
-MAX_ENTRIES = 1_000_000  # per commit
-MAX_REFS = 100_000  # per repo
-MAX_BLOBS = 1_000_000
 _BLOB_NAME = re.compile(r"^blobs/([0-9a-f]{64})$")
-_REF_NAME = re.compile(r"^refs/(heads/.+|tags/.+|pr/[0-9]+|convert/.+)$")
-_ENTRY_FIELDS = ("path", "type", "oid", "size", "sha256", "lfs", "pointer_size", "last_commit")
 
-# -- the manifest's schema ---------------------------------------------------------------------
+# -- bounds, before anything is written ------------------------------------------------------
 
 
-def _rule(check: Callable[[Any], object]) -> AfterValidator:
-    """A pydantic validator from one of our checks (which raise InvalidInput with a message)."""
-
-    def run(v: Any) -> Any:
-        try:
-            check(v)
-        except InvalidInput as e:
-            raise ValueError(e.message) from None
-        return v
-
-    return AfterValidator(run)
-
-
-def _hex(n: int) -> AfterValidator:
-    pattern = re.compile(f"^[0-9a-f]{{{n}}}$")
-
-    def check(v: str) -> None:
-        if not pattern.match(v):
-            raise InvalidInput(f"expected {n} lowercase hex digits")
-
-    return _rule(check)
-
-
-def _ref_name(v: str) -> None:
-    validate_revision(v)
-    if not _REF_NAME.match(v):
-        raise InvalidInput("expected a full ref name: refs/heads/..., refs/tags/..., refs/pr/N or refs/convert/...")
-
-
-def _version(v: int) -> None:
-    if v != 1:
-        raise InvalidInput("this hubmirror reads bundles of version 1")
-
-
-def _iso_date(v: object) -> datetime:
-    if not isinstance(v, str):
-        raise ValueError("expected an ISO-8601 date string")  # noqa: TRY004 - pydantic reports ValueError
-    try:
-        d = datetime.fromisoformat(v)
-        return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-    except (ValueError, OverflowError):
-        raise ValueError("not an ISO-8601 date") from None
-
-
-Hex40 = Annotated[str, _hex(40)]
-Sha256 = Annotated[str, _hex(64)]
-Size = Annotated[int, Field(ge=0, le=MAX_SIZE)]
-IsoDate = Annotated[datetime, PlainValidator(_iso_date)]
-# [path, type, oid, size, sha256, lfs, pointer_size, last_commit], in the order of model.entries.Entry
-EntryRow = tuple[
-    Annotated[str, _rule(validate_path)], Literal["file", "directory"], Hex40, Size, Sha256 | None, bool,
-    Size | None, Hex40 | None,
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class BundleCommit(_Strict):
-    sha: Hex40
-    parents: Annotated[list[Hex40], Field(max_length=1000)]
-    tree: Hex40 | None
-    title: str
-    message: str
-    author: str
-    date: IsoDate
-    entries: Annotated[list[EntryRow], Field(max_length=MAX_ENTRIES)]
-
-
-class BundleRepo(_Strict):
-    repo_type: Literal["model", "dataset", "space"]
-    repo_id: Annotated[str, _rule(validate_repo_id)]
-    origin: Literal["local", "mirror", "proxy"]
-    commits: Annotated[list[BundleCommit], Field(max_length=MAX_COMMITS)]
-    refs: Annotated[dict[Annotated[str, _rule(_ref_name)], Hex40], Field(max_length=MAX_REFS)]
-
-    @property
-    def ref(self) -> RepoRef:
-        return RepoRef(RepoType(self.repo_type), self.repo_id)
-
-
-class BundleBlob(_Strict):
-    sha256: Sha256
-    size: Size
-
-
-class Manifest(_Strict):
-    format: Literal["hubmirror-bundle"]
-    version: Annotated[int, _rule(_version)]
-    created_at: IsoDate
-    repos: Annotated[list[BundleRepo], Field(max_length=MAX_REPOS)]
-    blobs: Annotated[list[BundleBlob], Field(max_length=MAX_BLOBS)]
-
-
-def parse_manifest(data: bytes) -> Manifest:
-    """Validate a manifest straight from its bytes; InvalidBundle names the field path of what is wrong."""
-    try:
-        return Manifest.model_validate_json(data)
-    except ValidationError as e:
-        errors = e.errors(include_url=False)
-        shown = "; ".join(_describe(err) for err in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise InvalidBundle(f"invalid bundle manifest: {shown}{more}") from None
-
-
-def _describe(err: ErrorDetails) -> str:
-    msg = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    if err["type"] not in ("missing", "json_invalid") and (value is None or isinstance(value, str | int | float)):
-        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-            got = f"a number of {value.bit_length()} bits"
-        else:
-            got = repr(value[:60] + "..." if isinstance(value, str) and len(value) > 60 else value)
-        if got not in msg:
-            msg += f" (got {got})"
-    return f"{_where(err['loc'])}: {msg}"
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    """('repos', 0, 'commits', 1, 'entries', 3, 3) -> 'repos[0].commits[1].entries[3].size'."""
-    out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            in_entry = i >= 2 and loc[i - 2] == "entries" and isinstance(loc[i - 1], int)
-            out += f".{_ENTRY_FIELDS[part]}" if in_entry and part < len(_ENTRY_FIELDS) else f"[{part}]"
-        elif part == "[key]":
-            out += " (the name)"
-        elif i >= 1 and loc[i - 1] == "refs":
-            out += f"[{part!r}]"
-        else:
-            out += f".{part}" if out else part
-    return out or MANIFEST
-
-
-# -- cross-checks and bounds, before anything is written ------------------------------------------
-
-
-@dataclass
-class _Plan:
-    listed: dict[str, int]  # every blob the manifest lists -> size
-    new: dict[str, int]  # the listed blobs the store lacks: what this import writes
-    used: set[str]  # every blob a file entry uses
-
-
-def _cross_check(m: Manifest, catalog: Catalog, store: BlobStore) -> _Plan:
-    listed: dict[str, int] = {}
-    for i, b in enumerate(m.blobs):
-        if b.sha256 in listed:
-            raise InvalidBundle(f"invalid bundle manifest: blobs[{i}]: {b.sha256} is listed twice")
-        listed[b.sha256] = b.size
-    stored: dict[str, int | None] = {}
-
-    def stored_size(sha: str) -> int | None:
-        if sha not in stored:
-            info = store.stat(sha)
-            stored[sha] = info.size if info else None
-        return stored[sha]
-
-    for i, b in enumerate(m.blobs):
-        have = stored_size(b.sha256)
-        if have is not None and have != b.size:
-            raise InvalidBundle(f"invalid bundle manifest: blobs[{i}]: {b.sha256} is listed with {b.size} bytes, "
-                                f"but this store's copy has {have}")
-    used: set[str] = set()
-    # a repo appears once per exported revision (`export acme/x@v1 acme/x@main`); its commits once per repo
-    commits_of: dict[RepoRef, dict[str, BundleCommit]] = {}
-    for ri, r in enumerate(m.repos):
-        ref = r.ref
-        known = commits_of.setdefault(ref, {})
-        here: set[str] = set()
-        for ci, c in enumerate(r.commits):
-            at = f"repos[{ri}].commits[{ci}]"
-            if c.sha in here:
-                raise InvalidBundle(f"invalid bundle manifest: {at}: {ref} commit {c.sha} is listed twice")
-            here.add(c.sha)
-            if c.sha in known:
-                if known[c.sha] != c:
-                    raise InvalidBundle(f"invalid bundle manifest: {at}: {ref} commit {c.sha} is listed again "
-                                        f"with other content")
-                continue
-            known[c.sha] = c
-            used |= _check_entries(c, f"{ref} commit {c.sha}", at, listed, stored_size)
-    for ri, r in enumerate(m.repos):
-        repo = catalog.get_repo(r.ref)
-        for name, target in r.refs.items():
-            if target not in commits_of[r.ref] and (repo is None or catalog.get_commit(repo, target) is None):
-                raise InvalidBundle(f"invalid bundle manifest: {r.ref}: ref {name} points at {target}, a commit "
-                                    f"neither in the bundle nor in this catalog (repos[{ri}].refs[{name!r}])")
-    unused = [s for s in listed if s not in used]
-    if unused:
-        raise InvalidBundle(f"invalid bundle manifest: {len(unused)} listed blob(s) are used by no entry, "
-                            f"e.g. {unused[0]}")
-    return _Plan(listed, {s: n for s, n in listed.items() if stored[s] is None}, used)
-
-
-def _check_entries(c: BundleCommit, what: str, at: str, listed: dict[str, int],
-                   stored_size: Callable[[str], int | None]) -> set[str]:
-    """Every path once; a file's blob listed in the bundle or stored, with the entry's size. Returns the blobs used."""
-    used: set[str] = set()
-    paths: set[str] = set()
-    for ei, (path, kind, _oid, size, sha256, _lfs, _psize, _last) in enumerate(c.entries):
-        where = f"invalid bundle manifest: {what}: {path!r} ({at}.entries[{ei}])"
-        if path in paths:
-            raise InvalidBundle(f"{where} is listed twice")
-        paths.add(path)
-        if kind == "directory":
-            if sha256 is not None:
-                raise InvalidBundle(f"{where}: a directory has no sha256")
-            continue
-        if sha256 is None:
-            raise InvalidBundle(f"{where}: sha256 is null; a file needs the sha256 of its content")
-        used.add(sha256)
-        blob = listed.get(sha256)
-        if blob is None:
-            blob = stored_size(sha256)
-        if blob is None:
-            raise InvalidBundle(f"{where}: its blob {sha256} is neither in the bundle nor in this store")
-        if blob != size:
-            raise InvalidBundle(f"{where}: size {size} disagrees with its blob {sha256} of {blob} bytes")
-    return used
-
-
-def _check_bounds(stream: _Expanded, manifest_size: int, plan: _Plan, data: Path, *, max_bytes: int | None,
+def _check_bounds(stream: _Expanded, manifest_size: int, plan: Plan, data: Path, *, max_bytes: int | None,
                   max_ratio: float, min_free: int) -> None:
     expanded = manifest_size + sum(plan.listed.values())
     if stream.compressed and max_ratio > 0 and expanded > max_ratio * stream.on_disk:
@@ -393,7 +181,7 @@ def export_bundle(
         repos_doc.append({"repo_type": ref.repo_type.value, "repo_id": ref.repo_id, "origin": repo.origin,
                           "commits": cdocs, "refs": refs})
     manifest = json.dumps({
-        "format": "hubmirror-bundle", "version": 1, "created_at": datetime.now(timezone.utc).isoformat(),
+        "format": "hubmirror-bundle", "version": 1, "created_at": datetime.now(UTC).isoformat(),
         "repos": repos_doc, "blobs": [{"sha256": s, "size": n} for s, n in blobs.items()],
     }).encode()
     if total:
@@ -410,7 +198,7 @@ def export_bundle(
     return BundleReport(len(repos_doc), ncommits, len(blobs), sum(blobs.values()))
 
 
-def _add(tar: tarfile.TarFile, name: str, size: int, fileobj: IO[bytes]) -> None:
+def _add(tar: tarfile.TarFile, name: str, size: int, fileobj: IO[bytes] | io.RawIOBase) -> None:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o444
@@ -466,7 +254,7 @@ _HEADERS = 1 << 20  # how far the stream may run past a member's data: the next 
 _COMPRESSED: tuple[tuple[bytes, Callable[[IO[bytes]], io.BufferedIOBase]], ...] = (
     (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
     (b"BZh", lambda f: bz2.BZ2File(f)),
-    (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f)),
+    (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f)),  # noqa: SIM115 - closed by _Expanded.close()
 )
 
 
@@ -605,8 +393,11 @@ def _import(
         raise InvalidBundle(f"bundle manifest is more than {max_manifest} bytes (--max-manifest)")
     manifest = parse_manifest(raw)
     del raw
-    plan = _cross_check(manifest, catalog, store)
+    plan = cross_check(manifest, catalog, store)
     _check_bounds(stream, first.size, plan, data, max_bytes=max_bytes, max_ratio=max_ratio, min_free=min_free)
+    stored = [s for s in plan.oids if s not in plan.new]  # regular files' blobs the store has: read each once
+    check_stored_oids(plan, store, stored)
+    proven = set(stored)  # blobs whose regular files' oids are proven
     if total:
         total(sum(plan.listed.values()))
 
@@ -634,7 +425,8 @@ def _import(
             if progress:
                 progress(member.size)
             continue  # stored already: tarfile skips the bytes
-        _write_blob(store, tar, member, path, published, progress)
+        _write_blob(store, tar, member, path, plan, published, progress)
+        proven.add(sha)  # _write_blob checked the oids as the bytes streamed in
 
     missing = [s for s in plan.listed if store.stat(s) is None]
     if missing:
@@ -642,19 +434,23 @@ def _import(
     gone = [s for s in plan.used - plan.listed.keys() if store.stat(s) is None]
     if gone:
         raise InvalidBundle(f"bundle relies on blob {gone[0]} of this store, which was removed during the import")
+    # a listed blob another writer stored while this import ran was skipped: its oids are proven from the store
+    check_stored_oids(plan, store, [s for s in plan.oids if s not in proven])
     catalog.record_import((_imported(r, path) for r in manifest.repos), reason="import-bundle",
                           action="import-bundle")
     ncommits = sum(len(r.commits) for r in manifest.repos)
     return BundleReport(len(manifest.repos), ncommits, len(plan.listed), sum(plan.listed.values()), len(published))
 
 
-def _write_blob(store: BlobStore, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, published: list[str],
-                progress: Callable[[int], None] | None) -> None:
-    """Stream one member into the store; it is published only if it hashes to its name."""
+def _write_blob(store: BlobStore, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, plan: Plan,
+                published: list[str], progress: Callable[[int], None] | None) -> None:
+    """Stream one member into the store; it is published only if it hashes to its name, and to the git
+    oid of every regular file that uses it (hashed in the same pass)."""
     sha = member.name.removeprefix("blobs/")
     with _reading(path):
         fh = tar.extractfile(member)
     assert fh is not None
+    git = hashlib.sha1(git_blob_header(member.size)) if sha in plan.oids else None
     with store.writer() as w:
         while True:
             with _reading(path):
@@ -662,8 +458,12 @@ def _write_blob(store: BlobStore, tar: tarfile.TarFile, member: tarfile.TarInfo,
             if not chunk:
                 break
             w.write(chunk)
+            if git is not None:
+                git.update(chunk)
             if progress:
                 progress(len(chunk))
+        if git is not None and w.sha256 == sha:  # else commit refuses the bytes themselves, below
+            check_oid(plan, sha, git.hexdigest())  # before publishing: a wrong oid leaves nothing behind
         if store.stat(sha) is not None:
             return  # another writer published it meanwhile: it is theirs, not ours to remove
         published.append(sha)  # before commit: an interrupt right after publishing still removes it

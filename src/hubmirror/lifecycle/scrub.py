@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..catalog import Catalog
 from ..errors import HubMirrorError
 from ..hub import HubClient
 from ..locks import GcLock
-from ..store import BlobStore
+from ..store import BlobStore, BlobWriter
 
 log = logging.getLogger("hubmirror.scrub")
 
@@ -48,6 +49,15 @@ def _hash(store: BlobStore, sha: str, rate: float) -> tuple[str, int]:
             if ahead > 0:
                 time.sleep(ahead)
     return h.hexdigest(), n
+
+
+def _writing_to(writer: BlobWriter) -> Callable[[bytes], Awaitable[None]]:
+    """An async `write` for HubClient.download that feeds `writer` off the event loop."""
+
+    async def write(chunk: bytes) -> None:
+        await asyncio.to_thread(writer.write, chunk)
+
+    return write
 
 
 async def scrub(
@@ -87,10 +97,7 @@ async def scrub(
             with GcLock(data):
                 writer = await asyncio.to_thread(store.writer)
                 try:
-                    async def write(chunk: bytes) -> None:
-                        await asyncio.to_thread(writer.write, chunk)
-
-                    await client.download(repo.ref, commit, path, write, size)
+                    await client.download(repo.ref, commit, path, _writing_to(writer), size)
                     await asyncio.to_thread(writer.commit, sha, size)
                 except BaseException:
                     writer.cancel()
