@@ -211,3 +211,11 @@ def test_spaces(server: Server, fixture_data: Fixture) -> None:
     assert info.json()["sha"] == fixture_data.commits["space"] and info.json()["sdk"] == "gradio"
     assert raw(server.url, "GET", "/spaces/acme/demo/resolve/main/app.py").body == b"print(1)\n"
     assert raw(server.url, "GET", "/acme/demo/resolve/main/app.py").headers["x-error-code"] == "RepoNotFound"
+
+
+def test_an_absolute_form_request_target_is_served_by_its_path(server: Server, fixture_data: Fixture) -> None:
+    # HTTP/1.1 servers must accept `GET http://host/path`; the host in it is not believed
+    r = raw(server.url, "GET", "http://evil.example/acme/tiny/resolve/main/config.json")
+    assert r.status == 200 and r.body == fixture_data.files["config.json"]
+    r = raw(server.url, "GET", "http://evil.example/api/models/acme/many/tree/main?recursive=true")
+    assert r.status == 200 and r.headers["link"].startswith(f"<{server.url}/api/models/acme/many/tree/main?")

@@ -262,8 +262,12 @@ def build_app(services: Services) -> web.Application:
             if e.status < 400:
                 raise
             resp = json_response({"error": e.reason}, status=e.status, headers={"X-Error-Message": e.reason})
-        except ConnectionError:  # the client went away mid-answer: nothing to tell it, nothing to log
-            raise
+        except ConnectionError:
+            t = request.transport
+            if t is not None and not t.is_closing():
+                raise
+            # the client went away (mid-body or mid-answer): nothing to tell it, nothing to log
+            resp = web.Response(status=499)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.raw_path[:300])
             resp = json_response({"error": "internal server error"}, status=500)

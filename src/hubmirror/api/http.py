@@ -55,6 +55,17 @@ def error_response(err: HubMirrorError) -> web.Response:
     return json_response({"error": err.message}, status=err.status, headers=headers)
 
 
+_ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+def raw_path(request: web.BaseRequest) -> str:
+    """The undecoded path of the request target, without the query. An absolute-form target
+    (`GET http://host/path`, which HTTP/1.1 servers must accept) counts by its path only: the
+    host in it is not ours to believe."""
+    target = _ABSOLUTE_FORM.sub("", request.raw_path, count=1) or "/"
+    return target.split("?", 1)[0]
+
+
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 _PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~\-]+)*$")
 
@@ -124,13 +135,17 @@ class RangeNotSatisfiable(Exception):
     pass
 
 
-_RANGE_RE = re.compile(r"^bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*$", re.IGNORECASE)
+_RANGE_RE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.IGNORECASE | re.ASCII)
 _HUGE = 10**18  # larger than any blob; digits past this are not converted (no 5,000-digit int())
 
 
+def _digits(s: str) -> str:
+    return s.lstrip("0") or "0"
+
+
 def _number(digits: str) -> int:
-    digits = digits.lstrip("0") or "0"
-    return _HUGE if len(digits) > 18 else int(digits)
+    d = _digits(digits)
+    return _HUGE if len(d) > 18 else int(d)
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -138,18 +153,21 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
     Syntactically invalid, multi-range and reversed (`b < a`) headers are ignored, as RFC 9110
     allows; a range that starts at or past the end (or any range of an empty file) raises
-    RangeNotSatisfiable. Numbers of any length are accepted without converting them whole.
+    RangeNotSatisfiable. Only ASCII digits count; numbers of any length are compared without
+    converting them whole.
     """
     if not header:
         return None
-    m = _RANGE_RE.match(header.strip())
+    m = _RANGE_RE.fullmatch(header.strip(" \t"))
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)
     if first:
+        if last:
+            a, b = _digits(first), _digits(last)
+            if (len(b), b) < (len(a), a):  # reversed: compared as numbers of any length
+                return None
         start = _number(first)
-        if last and _number(last) < start:
-            return None
         end = min(_number(last) + 1, size) if last else size
         if start >= size:
             raise RangeNotSatisfiable
@@ -215,7 +233,7 @@ def requested_start(request: web.BaseRequest, size: int, etag: str) -> int:
     if request.headers.get("If-None-Match") and _etag_in(etag, request.headers["If-None-Match"]):
         return 0
     if_range = request.headers.get("If-Range")
-    if if_range is not None and not _etag_in(etag, if_range):
+    if if_range is not None and not _if_range_matches(etag, if_range):
         return 0
     try:
         rng = parse_range(request.headers.get("Range"), size)
@@ -233,7 +251,7 @@ async def _negotiate(
         await resp.prepare(request)
         return None, resp
     if_range = request.headers.get("If-Range")
-    if if_range is not None and not _etag_in(etag, if_range):
+    if if_range is not None and not _if_range_matches(etag, if_range):
         return None, None
     try:
         return parse_range(request.headers.get("Range"), size), None
@@ -271,8 +289,15 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, 
 
 
 def _etag_in(etag: str, header: str) -> bool:
+    """If-None-Match: a list, `*`, weak tags compared weakly (RFC 9110 13.1.2)."""
     tags = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
     return "*" in tags or etag in tags
+
+
+def _if_range_matches(etag: str, header: str) -> bool:
+    """If-Range: exactly one strong entity tag, compared strongly (RFC 9110 13.1.5); a weak tag, a
+    list, `*` or a date never match, so the whole body is sent."""
+    return header.strip(" \t") == f'"{etag}"'
 
 
 def _client_error(e: BaseException, path: str) -> HubMirrorError:

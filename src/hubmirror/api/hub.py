@@ -23,6 +23,7 @@ from .http import (
     guess_type,
     header_safe,
     json_response,
+    raw_path,
     requested_start,
     send_blob,
     send_fill,
@@ -47,7 +48,7 @@ class HubApi:
     # -- dispatch ---------------------------------------------------------------------------
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = request.raw_path.split("?", 1)[0]
+        raw = raw_path(request)
         segs = raw.split("/")[1:]
         method = request.method
         if segs and segs[0] == "api":
@@ -196,8 +197,7 @@ class HubApi:
             params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "cursor"]
             params.append(("cursor", _encode_cursor(entries[-1].path)))
             base = base_url(request, self.public_url, self.trust)
-            raw_path = request.raw_path.split("?", 1)[0]
-            headers["Link"] = f'<{base}{raw_path}?{urlencode(params)}>; rel="next"'
+            headers["Link"] = f'<{base}{raw_path(request)}?{urlencode(params)}>; rel="next"'
         return json_response(await self._entries_json(snap, entries, expand), headers=headers)
 
     async def _entries_json(self, snap: Snapshot, entries: list[Entry], expand: bool) -> list[dict[str, Any]]:
@@ -279,7 +279,7 @@ class HubApi:
             params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "p"]
             params.append(("p", str(page + 1)))
             base = base_url(request, self.public_url, self.trust)
-            headers["Link"] = f'<{base}{request.raw_path.split("?", 1)[0]}?{urlencode(params)}>; rel="next"'
+            headers["Link"] = f'<{base}{raw_path(request)}?{urlencode(params)}>; rel="next"'
         return json_response(items, headers=headers)
 
     async def auth_check(self, request: web.Request, route: Route) -> web.StreamResponse:
