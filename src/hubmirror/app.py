@@ -28,7 +28,7 @@ from .api.mirror import MirrorApi
 from .catalog import Catalog
 from .config import Settings
 from .errors import ConfigError, HubMirrorError
-from .hub import CircuitBreaker, HubClient
+from .hub import CircuitBreaker, HubClient, Shared
 from .proxy import Filler, ProxyReader, Rules
 from .proxy.fill import recover_crashed_fills
 from .reader import LocalReader
@@ -215,7 +215,9 @@ def build_app(services: Services) -> web.Application:
     # one pair of caps (metadata calls, file bodies) and one circuit breaker for the whole server
     shared = s.upstream_shared()
     shared.breaker = CircuitBreaker(cooldown=s.proxy.breaker_cooldown)
-    client = s.hub_client(shared=shared)
+    # syncs download on slots of their own: a long sync never makes a client's cache miss wait
+    bulk = Shared(shared.api_slots, asyncio.Semaphore(s.upstream_max_concurrency), shared.breaker)
+    client = s.hub_client(shared=bulk)
     proxy: ProxyReader | None = None
     reader: LocalReader
     proxy_client = s.hub_client(fail_fast=True, shared=shared)
