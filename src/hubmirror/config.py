@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import replace
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit

@@ -23,10 +23,7 @@ from . import schema as t
 from .lifecycle import LifecycleQueries
 from .mirrors import MirrorQueries
 from .proxy import ProxyQueries
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+from .schema import utcnow
 
 
 def _is_disk_full(e: BaseException, db_dir: str | None) -> bool:

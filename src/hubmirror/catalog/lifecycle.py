@@ -14,12 +14,7 @@ from ..errors import HubMirrorError
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, RepoType
 from . import schema as t
-
-
-def _now() -> datetime:
-    from .catalog import utcnow
-
-    return utcnow()
+from .schema import utcnow
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,7 @@ class LifecycleQueries:
                 c.execute(sa.update(t.pins).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)
                           .values(note=note or sa.literal_column("note"), revision=revision))
                 return False
-            c.execute(sa.insert(t.pins).values(repo=repo_pk, commit=commit, revision=revision, note=note, created_at=_now()))
+            c.execute(sa.insert(t.pins).values(repo=repo_pk, commit=commit, revision=revision, note=note, created_at=utcnow()))
             return True
 
     def unpin(self, repo_pk: int, commit: str) -> bool:
@@ -68,7 +63,7 @@ class LifecycleQueries:
     def audit(self, action: str, ref: RepoRef | None, **detail: Any) -> None:
         with self.engine.begin() as c:
             c.execute(sa.insert(t.audit_log).values(
-                at=_now(), action=action, repo_type=ref.repo_type.value if ref else None,
+                at=utcnow(), action=action, repo_type=ref.repo_type.value if ref else None,
                 repo_id=ref.repo_id if ref else None, detail=json.dumps(detail, default=str)))
 
     def audit_events(self, ref: RepoRef | None = None, action: str | None = None) -> list[dict[str, Any]]:
@@ -92,7 +87,7 @@ class LifecycleQueries:
         with self.engine.begin() as c:
             if c.execute(sa.select(t.repo_gone.c.repo).where(t.repo_gone.c.repo == repo_pk)).first():
                 return False
-            c.execute(sa.insert(t.repo_gone).values(repo=repo_pk, since=_now(), message=message[:1000]))
+            c.execute(sa.insert(t.repo_gone).values(repo=repo_pk, since=utcnow(), message=message[:1000]))
             return True
 
     def clear_gone(self, repo_pk: int) -> None:
@@ -190,7 +185,7 @@ class LifecycleQueries:
         A commit that is already known keeps its entries (as in `record_commit`); an existing repo
         keeps its origin. A database failure raises HubMirrorError after the rollback.
         """
-        now = _now()
+        now = utcnow()
         try:
             with self.engine.begin() as c:
                 for r in repos:

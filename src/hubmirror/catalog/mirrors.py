@@ -12,12 +12,7 @@ import sqlalchemy as sa
 from ..model.mirror import MirrorSpec
 from ..model.names import RepoRef
 from . import schema as t
-
-
-def _now() -> datetime:
-    from .catalog import utcnow
-
-    return utcnow()
+from .schema import utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +57,7 @@ class MirrorQueries:
                 c.execute(
                     sa.insert(t.mirrors).values(
                         repo_type=spec.type.value, repo_id=spec.repo, spec=spec.model_dump_json(), source=source,
-                        created_at=_now(),
+                        created_at=utcnow(),
                     )
                 )
 
@@ -99,7 +94,7 @@ class MirrorQueries:
             res = c.execute(
                 sa.insert(t.sync_runs).values(
                     repo_type=ref.repo_type.value, repo_id=ref.repo_id, trigger=trigger, status="running",
-                    started_at=_now(),
+                    started_at=utcnow(),
                 )
             )
             return int(res.inserted_primary_key[0])  # type: ignore[index]
@@ -118,7 +113,7 @@ class MirrorQueries:
         if "commits" in values:
             values["commits"] = json.dumps(values["commits"])
         with self.engine.begin() as c:
-            c.execute(sa.update(t.sync_runs).where(t.sync_runs.c.id == run_id).values(finished_at=_now(), **values))
+            c.execute(sa.update(t.sync_runs).where(t.sync_runs.c.id == run_id).values(finished_at=utcnow(), **values))
 
     def runs(self, ref: RepoRef, limit: int = 20) -> list[dict[str, Any]]:
         q = (

@@ -11,12 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import schema as t
-
-
-def _now() -> datetime:
-    from .catalog import utcnow
-
-    return utcnow()
+from .schema import utcnow
 
 
 class ProxyQueries:
@@ -45,7 +40,7 @@ class ProxyQueries:
     def api_cache_put(self, key: str, body: bytes, link: str | None) -> None:
         with self.engine.begin() as c:
             c.execute(sa.delete(t.api_cache).where(t.api_cache.c.key == key))
-            c.execute(sa.insert(t.api_cache).values(key=key, body=body, link=link, fetched_at=_now()))
+            c.execute(sa.insert(t.api_cache).values(key=key, body=body, link=link, fetched_at=utcnow()))
 
     def fill_sha256(self, oid: str, sha256: str) -> None:
         """A regular file's bytes were fetched: every entry with that git oid now knows its sha256."""
@@ -134,7 +129,7 @@ class ProxyQueries:
 
     def fill_started(self, key: str, spool: str | None) -> int:
         with self.engine.begin() as c:
-            res = c.execute(sa.insert(t.unverified_fills).values(key=key, started_at=_now(), spool=spool))
+            res = c.execute(sa.insert(t.unverified_fills).values(key=key, started_at=utcnow(), spool=spool))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def fill_forget(self, fill_id: int) -> None:
@@ -159,7 +154,7 @@ class ProxyQueries:
     def unverified_fills(self, max_age: float) -> list[tuple[int, str, datetime, int | None, str | None, int | None]]:
         """(id, key, started_at, prefix_len, prefix_sha256, sent_end) of fills that sent bytes and
         did not verify (NULLs: their process died), dropping those older than `max_age` seconds."""
-        cutoff = _now() - timedelta(seconds=max_age)
+        cutoff = utcnow() - timedelta(seconds=max_age)
         u = t.unverified_fills.c
         with self.engine.begin() as c:
             c.execute(sa.delete(t.unverified_fills).where(u.started_at < cutoff))

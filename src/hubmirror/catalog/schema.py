@@ -3,9 +3,17 @@ change both together and add a new migration, never edit an applied one."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+
+def utcnow() -> datetime:
+    """The catalog's clock: naive UTC, as every DateTime column stores it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
 
 repos = sa.Table(
     "repos",

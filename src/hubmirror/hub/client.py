@@ -21,14 +21,12 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -40,7 +38,6 @@ from ..errors import (
     EntryNotFound,
     GatedRepo,
     HubMirrorError,
-    InvalidInput,
     RepoNotFound,
     RevisionNotFound,
     UpstreamBadBody,
@@ -48,8 +45,8 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..model.entries import Commit, Entry
-from ..model.gitobj import lfs_pointer
-from ..model.names import RepoRef, is_commit_sha, validate_path
+from ..model.names import RepoRef, is_commit_sha
+from .answers import parse_commit, parse_entry, retry_after
 from .breaker import CircuitBreaker
 
 log = logging.getLogger("hubmirror.upstream")
@@ -57,8 +54,6 @@ log = logging.getLogger("hubmirror.upstream")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
 ERROR_BODY_MAX = 4096
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _NET_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError)
 T = TypeVar("T")
 
@@ -119,24 +114,6 @@ def _usable(url: str, what: str) -> str:
     if u.username is not None or u.password is not None:
         raise UpstreamError(f"{what}: upstream redirected to a URL with credentials in it; not followed")
     return url
-
-
-def retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    """Seconds to wait from the Hub's `RateLimit` header or a standard `Retry-After`."""
-    rl = resp.headers.get("RateLimit", "")
-    m = re.search(r";\s*t=(\d{1,9})\b", rl)
-    if m:
-        return float(m.group(1)) + 1
-    ra = resp.headers.get("Retry-After", "").strip()
-    if ra:
-        if ra.isdigit():
-            return float(ra[:9])
-        try:
-            when = email.utils.parsedate_to_datetime(ra)
-            return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return None
 
 
 async def _drop(resp: aiohttp.ClientResponse) -> bytes:
@@ -427,7 +404,7 @@ class HubClient:
             if len(out) + len(page) > limit:
                 raise UpstreamError(f"{what}: the upstream lists more than {limit} files and folders "
                                     f"(upstream_max_entries)")
-            out.extend(_entry(item, ref, commit) for item in page)
+            out.extend(parse_entry(item, ref, commit) for item in page)
         return out
 
     async def commits(self, ref: RepoRef, commit: str, max_pages: int = 20) -> list[Commit]:
@@ -438,7 +415,7 @@ class HubClient:
                                       must_end=False):
             for item in page[:1000]:
                 if isinstance(item, dict) and is_commit_sha(str(item.get("id", ""))):
-                    out.append(_commit(item, str(item["id"])))
+                    out.append(parse_commit(item, str(item["id"])))
         for i, c in enumerate(out[:-1]):
             out[i] = Commit(c.sha, [out[i + 1].sha], c.title, c.message, c.author, c.date)
         return out
@@ -447,7 +424,7 @@ class HubClient:
         data, _ = await self._json(self._api(ref, "commits", commit), "commits", what=f"{ref}@{commit[:8]} commits")
         if not isinstance(data, list) or not data or not isinstance(data[0], dict) or data[0].get("id") != commit:
             return Commit(commit)
-        head = _commit(data[0], commit)
+        head = parse_commit(data[0], commit)
         parents = [str(data[1]["id"])] if len(data) > 1 and isinstance(data[1], dict) \
             and is_commit_sha(str(data[1].get("id", ""))) else []
         return Commit(head.sha, parents, head.title, head.message, head.author, head.date)
@@ -581,52 +558,3 @@ def _safe(url: str) -> str:
         return urlsplit(url).path[:300]
     except ValueError:
         return "(invalid URL)"
-
-
-def _parse_time(v: Any) -> datetime:
-    if isinstance(v, str) and len(v) < 64:
-        try:
-            d = datetime.fromisoformat(v.replace("Z", "+00:00"))
-            return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
-        except ValueError:
-            pass
-    return datetime.now(timezone.utc)
-
-
-def _commit(item: dict[str, Any], sha: str) -> Commit:
-    authors = item.get("authors") or []
-    first = authors[0] if isinstance(authors, list) and authors else None
-    author = str(first.get("user", "")) if isinstance(first, dict) else ""
-    return Commit(sha=sha, title=str(item.get("title", ""))[:1000], message=str(item.get("message", ""))[:100_000],
-                  author=author[:200], date=_parse_time(item.get("date")))
-
-
-def _entry(item: Any, ref: RepoRef, commit: str) -> Entry:
-    if not isinstance(item, dict):
-        raise UpstreamError(f"{ref}@{commit}: upstream tree entry is not an object")
-    path = item.get("path")
-    if not isinstance(path, str):
-        raise UpstreamError(f"{ref}@{commit}: upstream tree entry has no path")
-    try:
-        validate_path(path)
-    except InvalidInput as e:
-        raise UpstreamError(f"{ref}@{commit}: upstream listed an unsafe path: {e.message}") from None
-    kind = item.get("type")
-    oid = str(item.get("oid", ""))
-    if kind == "directory":
-        return Entry(path, "directory", oid if _SHA1.match(oid) else "0" * 40)
-    if kind != "file":
-        raise UpstreamError(f"{ref}@{commit}: upstream tree entry {path!r} has type {str(kind)[:50]!r}")
-    size = item.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > 1 << 50 or not _SHA1.match(oid):
-        raise UpstreamError(f"{ref}@{commit}: upstream tree entry {path!r} has no valid size/oid")
-    lfs = item.get("lfs")
-    if isinstance(lfs, dict):
-        sha256 = str(lfs.get("oid", ""))
-        if not _SHA256.match(sha256) or lfs.get("size") != size:
-            raise UpstreamError(f"{ref}@{commit}: upstream LFS entry {path!r} has no valid sha256/size")
-        ps = lfs.get("pointerSize")
-        if not isinstance(ps, int) or isinstance(ps, bool) or not 0 < ps < 1 << 20:
-            ps = len(lfs_pointer(sha256, size))  # the standard pointer's length, as git-lfs writes it
-        return Entry(path, "file", oid, size, sha256, True, ps)
-    return Entry(path, "file", oid, size, None, False, None)

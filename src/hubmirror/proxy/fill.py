@@ -304,15 +304,19 @@ class Filler:
         fill = self._fills.get(key_for(entry))
         return fill.join() if fill is not None else None
 
-    async def join(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str) -> FillReader:
-        """Join the fill of this entry's blob: the one in flight, or a new one (after a space check)."""
+    async def join(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str) -> FillReader | None:
+        """Join the fill of this entry's blob: the one in flight, or a new one (after a space check).
+        None if the blob was published meanwhile (a fill that just ended): read it from the store."""
         key = key_for(entry)
         fill = self._fills.get(key)
         if fill is not None:
             return fill.join()
         if self.max_bytes is not None and entry.size > self.max_bytes:
             keep = False  # larger than the whole budget: stream it through, verified, without keeping it
-        writer, fd, journal_id, wanted = await asyncio.to_thread(self._prepare, key, entry, keep)
+        prepared = await asyncio.to_thread(self._prepare, key, entry, keep)
+        if prepared is None:
+            return None
+        writer, fd, journal_id, wanted = prepared
         fill = self._fills.get(key)  # another request may have started it meanwhile
         if fill is not None:
             await asyncio.to_thread(self._discard, writer, fd, journal_id)
@@ -331,7 +335,11 @@ class Filler:
         task.add_done_callback(self._tasks.discard)
         return reader
 
-    def _prepare(self, key: FillKey, entry: Entry, keep: bool) -> tuple[BlobWriter, int, int, bool]:
+    def _prepare(self, key: FillKey, entry: Entry, keep: bool) -> tuple[BlobWriter, int, int, bool] | None:
+        # a fill ends (leaves _fills) only after it published: no fill in flight and the blob here
+        # means one just ended, and the bytes are ready
+        if entry.sha256 is not None and self.store.stat(entry.sha256) is not None:
+            return None
         self._make_room(entry.size, keep)
         writer = self.store.writer()
         try:

@@ -23,16 +23,16 @@ import orjson
 
 from ..catalog import Catalog, RefUpdate, RepoRow
 from ..catalog.catalog import utcnow
+from ..coord import SingleFlight
 from ..errors import (
     GatedRepo,
     HubMirrorError,
-    ResumeRefused,
     RepoNotFound,
+    ResumeRefused,
     RevisionNotFound,
     UpstreamError,
     UpstreamUnavailable,
 )
-from ..coord import SingleFlight
 from ..hub import HubClient
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha
@@ -235,6 +235,8 @@ class ProxyReader(LocalReader):
                 raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
             handle = await self.filler.join(hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref),
                                             trigger="range" if start > 0 else "full")
+            if handle is None:  # a fill published it a moment ago
+                return BlobSource(e.sha256)
         return BlobSource(None, handle)
 
     async def _verified(self, hit: FileHit) -> str | None:
@@ -244,6 +246,8 @@ class ProxyReader(LocalReader):
             return None
         handle = self.filler.join_active(e) or await self.filler.join(
             hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref), trigger="range")
+        if handle is None:  # published a moment ago
+            return e.sha256
         with handle:
             await handle.fill.done.wait()
             fill = handle.fill

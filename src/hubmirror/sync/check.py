@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..catalog import Catalog
+from ..coord import SingleFlight
 from ..errors import (
     GatedRepo,
     HubMirrorError,
@@ -30,7 +31,6 @@ from ..errors import (
     RevisionNotFound,
     UpstreamError,
 )
-from ..coord import SingleFlight
 from ..hub import HubClient
 from ..model.names import RepoRef, is_commit_sha
 from .engine import matches
