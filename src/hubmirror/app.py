@@ -91,6 +91,10 @@ class AccessLog(AbstractAccessLogger):
             header_safe(ua[:200]),
         )
 
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
 
 class MalformedRequests(logging.Filter):
     """aiohttp logs every request it cannot parse at ERROR with a traceback: an anonymous client
@@ -119,10 +123,6 @@ class MalformedRequests(logging.Filter):
         record.exc_text = None
         self._last, self._since = now, 0
         return True
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
 
 
 class Metrics:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import Catalog
-from ..catalog.catalog import utcnow
+from ..catalog.schema import utcnow
 from ..errors import HubMirrorError, InsufficientStorage
 from ..hub import HubClient
 from ..locks import GcLock

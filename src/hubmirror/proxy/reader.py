@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..catalog import Catalog, RefUpdate, RepoRow
-from ..catalog.catalog import utcnow
+from ..catalog.schema import utcnow
 from ..coord import SingleFlight
 from ..errors import (
     GatedRepo,
@@ -112,7 +112,7 @@ class ProxyReader(LocalReader):
         try:
             info = await self.client.repo_info(ref, revision)
         except (RepoNotFound, RevisionNotFound) as e:
-            err = type(e)(_client_message(e, ref, revision))
+            err: HubMirrorError = type(e)(_client_message(e, ref, revision))
             self._remember_negative(ref, revision, err)
             raise err from None
         except GatedRepo as e:
@@ -190,11 +190,11 @@ class ProxyReader(LocalReader):
     # -- Reader API -------------------------------------------------------------------------
 
     async def file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
-        hit = self._cached_file(ref, revision, path)
-        if hit is not None:
-            return hit
+        cached = self._cached_file(ref, revision, path)
+        if cached is not None:
+            return cached
         repo, commit, stale = await self._ensure(ref, revision)
-        hit = await self._run(self._file_at, repo, commit, revision, path)
+        hit: FileHit = await self._run(self._file_at, repo, commit, revision, path)
         if stale:
             return FileHit(hit.repo, hit.commit, hit.entry, stale)
         if hit.entry.sha256 is not None:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..catalog import Catalog, MirrorRow
-from ..catalog.catalog import utcnow
+from ..catalog.schema import utcnow
 from ..errors import HubMirrorError, RepoNotFound, SyncBusy
 from ..hub import HubClient
 from ..model.entries import hub_time
