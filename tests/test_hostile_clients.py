@@ -729,3 +729,21 @@ def test_javascript_client_reads_a_pulled_through_repo(hf_js: Path, hub: FakeHub
         assert not any("/HEAD" in p for _, p in hub.calls)
     finally:
         s.stop()
+
+
+def test_check_update_cannot_be_used_to_amplify_upstream_requests(hub: FakeHub, chk: tuple[Server, str]) -> None:
+    s, c1 = chk
+    # a missing branch asked again and again: one upstream call (remembered for negative_ttl)
+    for _ in range(15):
+        r = check(s, "acme/chk", "?revision=nope")
+        assert r.status == 404 and r.headers["x-error-code"] == "RevisionNotFound"
+    assert info_calls(hub, "acme/chk") == 1
+    # a commit sha never moves: answered from the catalog, never asked upstream, never listed
+    hub.reset_counters()
+    old = [hub.commit("acme/chk", {"config.json": f'{{"v": {i}}}'.encode()}) for i in range(3)]
+    r = check(s, "acme/chk", f"?revision={c1}")
+    assert r.status == 200 and r.json()["update_available"] is False and r.json()["upstream_commit"] == c1
+    for sha in old:  # shas the mirror never had
+        r = check(s, "acme/chk", f"?revision={sha}")
+        assert r.status == 404 and r.headers["x-error-code"] == "RevisionNotFound"
+    assert calls_about(hub, "acme/chk") == []

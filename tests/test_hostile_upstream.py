@@ -120,6 +120,7 @@ def test_a_resume_onto_bytes_of_a_corrupted_fill_is_refused(hub: FakeHub, tmp_pa
         for name, content, at in (("model.safetensors", data, 1000), ("other.safetensors", other, len(other) // 2)):
             path = f"/acme/flip/resolve/main/{name}"
             hub.fault("flip", "/blob/*", times=1, at=at)
+            hub.fault("slow", "/blob/*", times=1, delay=0.01)  # the client gets the bytes as they come
             status, _h, first, complete = get(s.url, path)
             assert status == 200 and not complete  # the verdict came last: never a clean end
             assert len(first) > at and first[at] != content[at]  # the client does hold a wrong byte
@@ -130,13 +131,14 @@ def test_a_resume_onto_bytes_of_a_corrupted_fill_is_refused(hub: FakeHub, tmp_pa
             assert "download it again" in json.loads(body)["error"]
             # a whole GET gets the right bytes
             assert get(s.url, path)[2] == content
-        path = "/acme/flip/resolve/main/model.safetensors"
-        # resumes of that corrupted transfer stay refused, also after a restart (the journal is
-        # in the catalog)
+        # resumes of those corrupted transfers stay refused, also after a restart (the journal is
+        # in the catalog); only a start past everything the failed fill ever sent is served
+        path = "/acme/flip/resolve/main/other.safetensors"
         assert get(s.url, path, {"Range": "bytes=5000-"})[0] == 409
         s.stop()
         s = serve(tmp_path / "d", hub.url)
-        assert get(s.url, path, {"Range": f"bytes={len(data) - 100}-"})[0] == 409
+        assert get(s.url, path, {"Range": f"bytes={len(first) - 100}-"})[0] == 409
+        path = "/acme/flip/resolve/main/model.safetensors"
         # reads that cannot stitch onto those bytes are served: from byte 0
         st, h, body, ok = get(s.url, path, {"Range": "bytes=0-99"})
         assert (st, body, ok) == (206, data[:100], True)
@@ -164,6 +166,7 @@ def test_a_resume_onto_bytes_of_a_stopped_fill_is_served_once_they_prove_right(h
         status, h, rest, complete = get(s.url, path, {"Range": f"bytes={len(first)}-"})
         assert (status, complete) == (206, True)
         assert first + rest == data
+        assert metric(s.url, "hubmirror_unverified_resumes_total", '{result="proven"}') == 1
         assert settle_deleted(s.proc.pid) == []
     finally:
         s.stop()
@@ -193,7 +196,35 @@ def test_a_resume_after_the_server_was_killed_mid_fill(hub: FakeHub, tmp_path: P
         status, _h, rest, complete = get(s.url, path, {"Range": f"bytes={len(first)}-"})
         assert (status, complete) == (206, True)
         assert first + rest == data
+        assert metric(s.url, "hubmirror_unverified_resumes_total", '{result="proven"}') == 1
         assert list((tmp_path / "d" / "blobs" / "tmp").iterdir()) == []
+    finally:
+        s.stop()
+
+
+def test_a_resume_onto_a_bad_byte_sent_before_a_kill_9_is_refused(hub: FakeHub, tmp_path: Path) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    hub.commit("acme/kill", {"model.safetensors": data})
+    hub.fault("flip", "/blob/*", times=1, at=1000)
+    hub.fault("slow", "/blob/*", times=1, delay=0.05)
+    s = serve(tmp_path / "d", hub.url)
+    path = "/acme/kill/resolve/main/model.safetensors"
+    u = urlsplit(s.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("GET", path)
+        first = conn.getresponse().read(300_000)
+        assert first[1000] != data[1000]  # the client holds the bad byte
+        s.proc.kill()
+        s.proc.wait()
+    finally:
+        conn.close()
+        s.stop()
+    s = serve(tmp_path / "d", hub.url)
+    try:
+        status, h, _body, _ = get(s.url, path, {"Range": f"bytes={len(first)}-"})
+        assert status == 409 and h["x-error-code"] == "ResumeRefused"
+        assert get(s.url, path)[2] == data  # a fresh download is right
     finally:
         s.stop()
 
@@ -230,6 +261,9 @@ def test_failed_fills_return_their_space_at_once(hub: FakeHub, tmp_path: Path) -
                 hub.fault("cut", "/blob/*", times=20, at=200_000)
             with concurrent.futures.ThreadPoolExecutor(3) as pool:  # three clients on one failing fill
                 list(pool.map(lambda _: get(s.url, f"/acme/space/resolve/main/{name}"), range(3)))
+        deadline = time.monotonic() + 15  # a retrying client may have started a fill that still runs
+        while metric(s.url, "hubmirror_fills_in_flight") and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert settle_deleted(s.proc.pid) == []
         assert list((tmp_path / "d" / "blobs" / "tmp").iterdir()) == []
         assert "write after commit or cancel" not in s.log.read_text()
@@ -293,7 +327,7 @@ def test_trickling_bodies_are_cut_and_do_not_block_other_misses(hub: FakeHub, tm
 
 def test_a_fill_whose_clients_left_stops_and_hangs_up_unless_its_blob_is_pinned(hub: FakeHub, tmp_path: Path) -> None:
     hub.commit("acme/gone", {"a.bin": os.urandom(200_000)})
-    pinned_data = os.urandom(4096)
+    pinned_data = os.urandom(1024 * 1024)
     pinned_commit = hub.commit("acme/pinned", {"p.bin": pinned_data})
     active: list[int] = []
     hub.fault("respond", "/blob/*", times=1, fn=trickle(200_000, 0.05, active))
@@ -313,8 +347,7 @@ def test_a_fill_whose_clients_left_stops_and_hangs_up_unless_its_blob_is_pinned(
         assert repo is not None
         cat.pin(repo.pk, pinned_commit, "main", "test")
         cat.close()
-        hub.fault("slow", "/blob/*", times=1, delay=0.2)
-        hub.faults[-1].params["delay"] = 0.2
+        hub.fault("slow", "/blob/*", times=1, delay=0.2)  # 64 KiB every 0.2 s: ~3 s, far past the grace
         get(s.url, "/acme/pinned/resolve/main/p.bin", stop_after=10)
         deadline = time.monotonic() + 10
         while hashlib.sha256(pinned_data).hexdigest() not in stored(tmp_path / "d") and time.monotonic() < deadline:
@@ -398,7 +431,7 @@ def test_a_tree_of_a_million_entries_is_refused_quickly_and_cheaply(hub: FakeHub
         assert took < 20, took
         assert peak_rss_mb(s.proc.pid) - rss0 < 150
         latencies.sort()
-        assert latencies and latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 1.0, latencies[-5:]
+        assert latencies and latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 2.0, latencies[-5:]
         # nothing of it was recorded: the next request asks again (and is refused again)
         assert raw(s.url, "GET", "/api/models/evil/wide").status == 502
     finally:
@@ -580,7 +613,8 @@ def test_an_outage_after_a_restart_serves_stale_at_cache_speed(hub: FakeHub, tmp
             assert [st for st, _ in answers] == [200, 200, 200, 200]
             assert all(stale and "upstream unreachable" in stale for _, stale in answers[:3])
         assert first_took < 6, first_took  # at most one timeout is paid, not one per request
-        assert rest_took < 2, rest_took  # 40 requests while the breaker holds: cache speed
+        # 40 requests while the breaker holds: cache speed (paying the timeout each would take 80 s)
+        assert rest_took < 8, rest_took
         assert metric(s.url, "hubmirror_upstream_unreachable") == 1
     finally:
         s.stop()

@@ -365,6 +365,60 @@ def test_live_range_and_conditionals(server: Server, fixture_data: Fixture,
         _check_reply(r, method, data, sent, etag)
 
 
+# -- the same properties on the pull-through path: every example is a file nobody has fetched yet,
+# so the requests join a fill in flight (ranges on a growing file, the last-byte hold, conditional
+# answers before any fill)
+
+
+@pytest.fixture(scope="module")
+def cold_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Any]]:
+    from fakes.hub import FakeHub
+
+    hub = FakeHub(page_size=1000).start()
+    s = Server(tmp_path_factory.mktemp("cold") / "data", "--upstream", hub.url,
+               env={"HUBMIRROR_UPSTREAM_BACKOFF": "0.01"})
+    try:
+        yield s, hub
+    finally:
+        s.stop()
+        hub.stop()
+
+
+_cold_n = [0]
+
+
+@settings(max_examples=_examples(40), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 300_000), lfs=st.booleans(), req=_live_requests(), other=range_headers(latin1=True))
+def test_live_ranges_on_a_fill_in_flight(cold_mirror: tuple[Server, Any], size: int, lfs: bool,
+                                          req: tuple[str, str | None, str | None, str | None], other: str) -> None:
+    import hashlib
+
+    from hubmirror.model.gitobj import git_blob_sha1
+
+    server, hub = cold_mirror
+    _cold_n[0] += 1
+    repo, name = f"cold/r{_cold_n[0]}", "w.bin" if lfs else "w.txt"
+    data = os.urandom(size)
+    hub.commit(repo, {name: data}, lfs={name} if lfs else set())
+    hub.fault("slow", "/blob/*" if lfs else f"/{repo}/resolve/*", times=1, delay=0.02)  # keep it in flight
+    etag = '"' + (hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)) + '"'
+    _path, rng, if_range, inm = req
+    if_range, inm = _tag(if_range, etag), _tag(inm, etag)
+    if if_range is not None and etag.strip('"') in if_range and if_range.strip(" \t") != etag:
+        if_range = '"x"'
+    if inm is not None and inm not in (etag, "W/" + etag, f'"0000", {etag}', "*") and etag.strip('"') in inm:
+        inm = '"x"'
+    sent = {k: v for k, v in (("Range", rng), ("If-Range", if_range), ("If-None-Match", inm)) if v is not None}
+    url = f"/{repo}/resolve/main/{name}"
+    asks = [("GET", sent), ("GET", {}), ("GET", {"Range": other}), ("HEAD", sent)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        replies = list(pool.map(lambda a: raw(server.url, a[0], url, a[1]), asks))
+    for (method, hdrs), r in zip(asks, replies):
+        event(f"cold {method} {r.status}")
+        _check_reply(r, method, data, hdrs, etag)
+
+
 def _raw_request(url: str, request: bytes, timeout: float = 5.0) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as s:

@@ -147,3 +147,27 @@ def test_disk_full_aborts_cleanly(tmp_path: Path) -> None:
     assert w._fh.closed  # type: ignore[attr-defined]  # released at once, not when gc runs
     assert list(store.list()) == []
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+
+
+def test_publishing_without_hard_links_still_never_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a filesystem without hard links (SMB, some FUSE mounts) a blob is published by a
+    no-replace rename; an existing blob is kept and the writer learns it did not create it."""
+    import errno
+    import hashlib
+    import os
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = LocalBlobStore(tmp_path / "blobs")
+    data = b"no hard links here" * 100
+    sha = hashlib.sha256(data).hexdigest()
+    with store.writer() as w:
+        w.write(data)
+        assert w.commit(sha, len(data)).created is True
+    with store.writer() as w:
+        w.write(data)
+        assert w.commit(sha, len(data)).created is False
+    assert b"".join(store.read(sha)) == data
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []

@@ -30,7 +30,7 @@ from .config import Settings
 from .errors import ConfigError, HubMirrorError
 from .hub import CircuitBreaker, HubClient, Shared
 from .proxy import Filler, ProxyReader, Rules
-from .proxy.fill import recover_crashed_fills
+from .proxy.journal import recover_crashed_fills
 from .reader import LocalReader
 from .store import LocalBlobStore
 from .sync.check import UpdateChecker
@@ -205,6 +205,12 @@ class Metrics:
                                           value=st.failed)
                 yield CounterMetricFamily("hubmirror_fills_orphaned", "Fills stopped because every client left",
                                           value=st.orphaned)
+                resumes = CounterMetricFamily("hubmirror_unverified_resumes",
+                                              "Resumes onto bytes a failed fill had sent, by outcome",
+                                              labels=["result"])
+                resumes.add_metric(["proven"], st.resumes_proven)
+                resumes.add_metric(["refused"], st.resumes_refused)
+                yield resumes
                 yield GaugeMetricFamily("hubmirror_fills_in_flight", "Fills running now", value=filler.in_flight)
 
         self.registry.register(_Fills())
@@ -242,7 +248,8 @@ def build_app(services: Services) -> web.Application:
                             tick=s.scheduler_tick, on_change=reader.forget)
     mirrors.load_config(s.mirrors)
     checker = UpdateChecker(services.catalog, proxy_client, allows=rules.allows if s.proxy.enabled else None,
-                            offline=s.proxy.offline, allow_gated=s.proxy.allow_gated, ttl=s.proxy.branch_ttl)
+                            offline=s.proxy.offline, allow_gated=s.proxy.allow_gated, ttl=s.proxy.branch_ttl,
+                            negative_ttl=s.proxy.negative_ttl)
     secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
     trust = ProxyTrust(s.trusted_proxies)
     AccessLog.trust = trust

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # upstream client
     upstream_max_concurrency: int = Field(8, ge=1, le=256, description="upstream file downloads in flight")
     upstream_api_concurrency: int = Field(8, ge=1, le=256, description="upstream metadata calls in flight")
-    upstream_max_json: ByteSize = Field(ByteSize(32 << 20), ge=1024, description="largest upstream JSON answer")
+    upstream_max_json: ByteSize = Field(ByteSize(16 << 20), ge=1024, description="largest upstream JSON answer")
     upstream_max_entries: int = Field(100_000, ge=1, description="most files and folders an upstream commit may list")
     upstream_max_pages: int = Field(1000, ge=1, description="most pages of one upstream listing")
     upstream_api_timeout: float = Field(60.0, gt=0, description="seconds one upstream metadata call may take")

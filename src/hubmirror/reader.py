@@ -145,7 +145,9 @@ class LocalReader:
                 self._remember(hit, revision)
         return hit
 
-    async def open_blob(self, hit: FileHit, *, head: bool, start: int = 0) -> BlobSource:
+    async def open_blob(
+        self, hit: FileHit, *, head: bool, start: int = 0, alive: Any = None
+    ) -> BlobSource:
         """Where to read the bytes of `hit` from. Hosted and mirrored files are always stored."""
         return BlobSource(hit.entry.sha256)
 

@@ -85,23 +85,27 @@ class ProxyTrust:
             addr = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:
             return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # ::ffff:10.0.0.5 when listening on ::
         return any(addr in n for n in self._nets)
 
     def client_address(self, request: web.BaseRequest) -> str:
         """The client's address: the peer, or behind trusted proxies the last untrusted hop of
-        `X-Forwarded-For`."""
+        `X-Forwarded-For` (at most 20 hops are looked at; a malformed one ends the walk)."""
         peer = request.remote or "-"
         if not self.trusts(peer):
             return peer
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        client = peer
         for hop in reversed(hops[-20:]):
             try:
                 ipaddress.ip_address(hop)
             except ValueError:
-                return peer  # a malformed chain: believe only what we saw
+                return client  # a malformed chain: believe only what was seen up to here
+            client = hop
             if not self.trusts(hop):
                 return hop
-        return hops[0] if hops else peer
+        return client
 
 
 def base_url(request: web.Request, public_url: str | None, trust: ProxyTrust) -> str:
@@ -226,6 +230,15 @@ async def send_blob(
     return resp
 
 
+async def conditional_answer(
+    request: web.Request, size: int, headers: dict[str, str], etag: str
+) -> web.StreamResponse | None:
+    """A 304 (If-None-Match) or 416 (unsatisfiable Range) that needs no byte of the file: answered
+    before any blob is opened, so that neither can make the mirror fetch a file."""
+    _rng, early = await _negotiate(request, size, headers, etag)
+    return early
+
+
 def requested_start(request: web.BaseRequest, size: int, etag: str) -> int:
     """The first byte a GET will be answered from (0 for a whole body, a 304 or a 416)."""
     if request.method != "GET" or "Range" not in request.headers:
@@ -340,6 +353,8 @@ async def send_fill(
         if request.method == "HEAD" or end == start:
             await resp.write_eof()
             return resp
+        if request.transport is not None:
+            handle.abort = request.transport.abort  # a failed fill cuts this connection at once
         spool = os.fdopen(handle.fd, "rb", buffering=0, closefd=False)
         try:
             if await _stream_fill(request, resp, fill, spool, start, end):
@@ -361,37 +376,58 @@ async def _stream_fill(
     """Send [pos, end) as the fill writes it; False (connection aborted) if it ends unverified."""
     loop = asyncio.get_running_loop()
     fd = spool.fileno()
+    journaled = False
     while pos < end:
         if fill.error is not None:
             _abort(request)
             return False
-        limit = end if fill.verified else end - 1  # the last byte waits for the verdict
+        if fill.verified:
+            limit = end
+        elif fill.bytes_ok or journaled or await fill.journaled():
+            journaled = True
+            limit = end - 1  # the last byte waits for the verdict (and the blob's publication)
+        else:
+            limit = pos  # the journal cannot be written (a full disk): nothing unverified goes out
         avail = min(fill.written, limit)
         if avail > pos:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client went away")
+            _check_client(request)
             count = min(avail - pos, CHUNK)
-            if not fill.verified:
+            if not fill.bytes_ok:
                 fill.sent_unverified = True
                 fill.sent_end = max(fill.sent_end, pos + count)
-            try:
-                # zero-copy from the spool file, which the fill keeps writing behind us
-                await loop.sendfile(transport, spool, pos, count)
-            except NotImplementedError:
-                await resp.write(await asyncio.to_thread(os.pread, fd, count, pos))
+            await _send_chunk(request, resp, loop, spool, fd, pos, count)
             pos += count
             continue
-        if fill.done.is_set() and not fill.verified:
-            _abort(request)  # ended without a verdict in favour: never a clean end
+        if fill.done.is_set():
+            if fill.verified and fill.written >= end:
+                continue
+            _abort(request)  # ended without a verdict in favour (or shorter than listed): never clean
             return False
-        if not fill.done.is_set():
-            await fill.wait_change(fill.written, 1.0)
-            _check_client(request)
+        await fill.wait_change(fill.written, 1.0)
+        _check_client(request)
     return True
 
 
-CHUNK = 4 << 20
+async def _send_chunk(request: web.Request, resp: web.StreamResponse, loop: asyncio.AbstractEventLoop,
+                      spool: Any, fd: int, pos: int, count: int) -> None:
+    """Zero-copy from the spool file, which the fill keeps writing behind us. A client that takes
+    longer than SEND_IDLE for one chunk is cut: a stalled reader must not hold a deleted file."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client went away")
+    try:
+        async with asyncio.timeout(SEND_IDLE):
+            try:
+                await loop.sendfile(transport, spool, pos, count)
+            except NotImplementedError:
+                await resp.write(await asyncio.to_thread(os.pread, fd, count, pos))
+    except TimeoutError:
+        _abort(request)
+        raise ConnectionResetError("the client stopped reading") from None
+
+
+CHUNK = 1 << 20
+SEND_IDLE = 60.0  # seconds one CHUNK may take to reach a client (at least ~17 KB/s)
 
 
 def _abort(request: web.Request) -> None:

@@ -19,6 +19,7 @@ from .http import (
     EXPOSE,
     ProxyTrust,
     base_url,
+    conditional_answer,
     content_disposition,
     guess_type,
     header_safe,
@@ -115,8 +116,15 @@ class HubApi:
             headers["X-Linked-Size"] = str(e.size)
         if hit.stale:
             headers["X-HubMirror-Stale"] = header_safe(hit.stale)
+        early = await conditional_answer(request, e.size, headers, etag)
+        if early is not None:
+            return early
+
+        def alive() -> bool:
+            return request.transport is not None and not request.transport.is_closing()
+
         src = await self.reader.open_blob(hit, head=request.method == "HEAD",
-                                          start=requested_start(request, e.size, etag))
+                                          start=requested_start(request, e.size, etag), alive=alive)
         if src.fill is not None:
             return await send_fill(request, src.fill, e.size, headers, etag, path=f"{route.repo}/{e.path}")
         return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag)

@@ -42,6 +42,17 @@ class ProxyQueries:
             c.execute(sa.delete(t.api_cache).where(t.api_cache.c.key == key))
             c.execute(sa.insert(t.api_cache).values(key=key, body=body, link=link, fetched_at=utcnow()))
 
+    def api_cache_prune(self, prefix: str, keep: int) -> int:
+        """Keep only the `keep` newest cached answers whose key starts with `prefix`."""
+        a = t.api_cache.c
+        with self.engine.begin() as c:
+            cutoff = c.execute(sa.select(a.fetched_at).where(a.key.startswith(prefix, autoescape=True))
+                               .order_by(a.fetched_at.desc()).offset(keep).limit(1)).scalar()
+            if cutoff is None:
+                return 0
+            return int(c.execute(sa.delete(t.api_cache).where(a.key.startswith(prefix, autoescape=True),
+                                                               a.fetched_at <= cutoff)).rowcount)
+
     def fill_sha256(self, oid: str, sha256: str) -> None:
         """A regular file's bytes were fetched: every entry with that git oid now knows its sha256."""
         with self.engine.begin() as c:
@@ -137,7 +148,7 @@ class ProxyQueries:
         with self.engine.begin() as c:
             c.execute(sa.delete(t.unverified_fills).where(t.unverified_fills.c.id == fill_id))
 
-    def fill_failed(self, fill_id: int, prefix_len: int, prefix_sha256: str, sent_end: int) -> None:
+    def fill_failed(self, fill_id: int, prefix_len: int, prefix_sha256: str, sent_end: int | None) -> None:
         """The fill ended unverified after sending bytes: remember what it had written and how far
         its bytes reached clients."""
         with self.engine.begin() as c:

@@ -54,6 +54,7 @@ log = logging.getLogger("hubmirror.upstream")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
 ERROR_BODY_MAX = 4096
+MAX_PAGE_JSON = 4 << 20  # one page of a tree or commit listing
 _NET_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError)
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ class UpstreamStats:
 class Limits:
     """Bounds on what one upstream answer may cost us (settings `upstream_*`)."""
 
-    max_json: int = 32 << 20
+    max_json: int = 16 << 20
     max_entries: int = 100_000
     max_pages: int = 1_000
     api_timeout: float = 60.0
@@ -229,9 +230,10 @@ class HubClient:
         files: bool = False,
     ) -> T:
         """GET with retries. `consume` reads the answer (any status but a retried one) while this
-        request holds its slot; the slot is released before every wait."""
+        request holds its slot; the slot is released before every wait. A metadata answer cut or
+        timing out mid-body is retried like a failed request; a file body is not (the download
+        resumes it from where it stopped)."""
         slots = self._shared.file_slots if files else self._shared.api_slots
-        timeout = self._timeout if files else self._api_timeout
         attempt = 0
         while True:
             self._gate(url)
@@ -240,57 +242,70 @@ class HubClient:
                 self.stats.calls += 1
                 self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
                 try:
-                    resp = await self._sess().get(
-                        url, headers=self._headers_for(url, headers), allow_redirects=False, timeout=timeout
-                    )
+                    if files:  # the body is paced by min_rate; the wait for its headers is bounded here
+                        async with asyncio.timeout(self.limits.api_timeout):
+                            resp = await self._sess().get(url, headers=self._headers_for(url, headers),
+                                                          allow_redirects=False)
+                    else:
+                        resp = await self._sess().get(url, headers=self._headers_for(url, headers),
+                                                      allow_redirects=False, timeout=self._api_timeout)
                 except (aiohttp.InvalidURL, ValueError) as e:
                     raise UpstreamError(f"upstream URL {_safe(url)} is invalid") from e
                 except _NET_ERRORS as e:
-                    # the exception text names hosts: it goes to the log (for operators), not into
-                    # the message (which can reach clients)
-                    log.warning("upstream %s unreachable: %r", _safe(url), e)
-                    timed_out = isinstance(e, asyncio.TimeoutError)
-                    # a client waiting on a silent upstream has paid a whole timeout already
-                    self._failed(e.__class__.__name__, force=timed_out and self.fail_fast)
-                    if attempt >= self.max_retries or (timed_out and self.fail_fast):
-                        raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable ({e.__class__.__name__})") from e
-                    failure = f"{kind} {e.__class__.__name__}"
+                    failure = self._net_failure(e, url, kind, attempt)
                 else:
                     if resp.status not in RETRY_STATUS:
                         if resp.status < 500:
                             self._answered()
                         try:
                             return await consume(resp)
+                        except _NET_ERRORS as e:
+                            if files:
+                                raise
+                            failure = self._net_failure(e, url, kind, attempt)
                         finally:
                             resp.release()  # closes the connection if the body was not read to its end
-                    wait = retry_after(resp) if resp.status in (429, 503) else None
-                    body = await _drop(resp)
-                    if resp.status == 429:
-                        self.stats.rate_limited += 1
-                    if resp.status == 429 or (resp.status in (502, 503, 504) and not files):
-                        # a gateway error of the API says the upstream is down; a 500 or a failing
-                        # file is about one request
-                        self._failed(f"answered {resp.status}", wait if resp.status == 429 else None)
-                    too_long = wait is not None and wait > self.max_rate_limit_wait
-                    if attempt >= self.max_retries or too_long:
-                        what = "rate limited" if resp.status == 429 else f"answered {resp.status}"
-                        raise UpstreamUnavailable(f"upstream {what} for {_safe(url)}: "
-                                                  f"{body[:300].decode('utf-8', 'replace')}")
-                    failure = f"{kind} {resp.status}"
+                    else:
+                        wait = retry_after(resp) if resp.status in (429, 503) else None
+                        body = await _drop(resp)
+                        if resp.status == 429:
+                            self.stats.rate_limited += 1
+                        if resp.status == 429 or (resp.status in (502, 503, 504) and not files):
+                            # a gateway error of the API says the upstream is down; a 500 or a failing
+                            # file is about one request
+                            self._failed(f"answered {resp.status}", wait if resp.status == 429 else None)
+                        too_long = wait is not None and wait > self.max_rate_limit_wait
+                        if attempt >= self.max_retries or too_long:
+                            what = "rate limited" if resp.status == 429 else f"answered {resp.status}"
+                            raise UpstreamUnavailable(f"upstream {what} for {_safe(url)}: "
+                                                      f"{body[:300].decode('utf-8', 'replace')}")
+                        failure = f"{kind} {resp.status}"
             await self._backoff(attempt, wait, failure)
             attempt += 1
 
-    async def _read_json(self, resp: aiohttp.ClientResponse, what: str) -> Any:
-        limit = self.limits.max_json
+    def _net_failure(self, e: BaseException, url: str, kind: str, attempt: int) -> str:
+        """Count a connection error or timeout; raise UpstreamUnavailable when no retry is left."""
+        # the exception text names hosts: it goes to the log (for operators), not into the
+        # message (which can reach clients)
+        log.warning("upstream %s unreachable: %r", _safe(url), e)
+        timed_out = isinstance(e, asyncio.TimeoutError)
+        # a client waiting on a silent upstream has paid a whole timeout already
+        self._failed(e.__class__.__name__, force=timed_out and self.fail_fast)
+        if attempt >= self.max_retries or (timed_out and self.fail_fast):
+            raise UpstreamUnavailable(f"upstream {_safe(url)} unreachable ({e.__class__.__name__})") from e
+        return f"{kind} {e.__class__.__name__}"
+
+    async def _read_json(self, resp: aiohttp.ClientResponse, what: str, limit: int) -> Any:
+        name = "upstream_max_json" if limit == self.limits.max_json else "the limit for one listing page"
         if resp.content_length is not None and resp.content_length > limit:
             raise UpstreamError(f"{what}: upstream answer of {resp.content_length} bytes is larger than "
-                                f"upstream_max_json ({limit})")
+                                f"{name} ({limit})")
         parts: list[bytes] = []
         got = 0
         while chunk := await resp.content.read(1 << 20):
             got += len(chunk)
             if got > limit:
-                raise UpstreamError(f"{what}: upstream answer is larger than upstream_max_json ({limit} bytes)")
+                raise UpstreamError(f"{what}: upstream answer is larger than {name} ({limit} bytes)")
             parts.append(chunk)
         body = b"".join(parts)
         self.stats.bytes += len(body)
@@ -301,9 +316,10 @@ class HubClient:
         except orjson.JSONDecodeError as e:
             raise UpstreamError(f"upstream sent invalid JSON for {what}") from e
 
-    async def _json(self, url: str, kind: str, *, what: str) -> tuple[Any, dict[str, str]]:
-        """A JSON answer and its `Link` targets, following same-origin redirects (the Hub
-        redirects renamed repos)."""
+    async def _json(self, url: str, kind: str, *, what: str, limit: int | None = None) -> tuple[Any, dict[str, str]]:
+        """A JSON answer (at most `limit` bytes, default upstream_max_json) and its `Link` targets,
+        following same-origin redirects (the Hub redirects renamed repos)."""
+        limit = limit or self.limits.max_json
         for _hop in range(MAX_REDIRECTS + 1):
 
             async def consume(resp: aiohttp.ClientResponse) -> tuple[str, Any, dict[str, str]]:
@@ -312,7 +328,7 @@ class HubClient:
                 if resp.status >= 400:
                     raise await self._error(resp, what)
                 links = {str(k): str(v.get("url", "")) for k, v in resp.links.items()}
-                return "ok", await self._read_json(resp, what), links
+                return "ok", await self._read_json(resp, what, limit), links
 
             state, value, links = await self._request(url, kind, consume)
             if state == "ok":
@@ -378,7 +394,8 @@ class HubClient:
         """Each JSON list page of a paginated answer, following `Link: rel="next"` on the upstream's
         own origin only. Past `max_pages`: an error if the listing `must_end`, else just stop."""
         for _ in range(max_pages):
-            data, links = await self._json(url, kind, what=what)
+            # a page is a few hundred KB on the Hub: parsing megabytes per page costs memory per slot
+            data, links = await self._json(url, kind, what=what, limit=min(self.limits.max_json, MAX_PAGE_JSON))
             if not isinstance(data, list):
                 raise UpstreamError(f"{what}: upstream page is not a list")
             nxt = links.get("next")
@@ -534,9 +551,8 @@ class HubClient:
                 self.stats.bytes += len(chunk)
                 in_window += len(chunk)
             if now >= window_end:
-                if in_window < min_bytes:
+                if in_window < min_bytes:  # one slow body says nothing about the API: no breaker
                     self.stats.too_slow += 1
-                    self._failed("too slow")
                     raise UpstreamUnavailable(
                         f"{what}: upstream too slow ({in_window} bytes in {self.limits.slow_window:.0f}s, "
                         f"below upstream_min_rate)"

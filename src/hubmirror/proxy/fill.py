@@ -2,24 +2,21 @@
 wants it while it is written, verified before it is published.
 
 ```
-client A ─┐                              ┌─> spool file (store writer) ─> verify ─> publish (rename)
+client A ─┐                              ┌─> spool file (store writer) ─> verify ─> publish (link)
 client B ─┼─> FillReader ─> Fill(key) ───┤
 client C ─┘   (own fd)     (one task)    └─> written counter + condition: readers pread() up to it
 ```
 
 * Each client joins with a `FillReader` holding its own duplicate of the spool file's descriptor,
-  taken the moment it joins, so it stays valid through publish (rename) or cancel (unlink). The
-  fill closes its own descriptor as soon as it ends and every reader closes its own when done:
-  a failed fill's deleted spool file gives its space back at once.
+  taken the moment it joins, so it stays valid through publish or cancel (unlink). The fill
+  closes its own descriptor as soon as it ends, and aborts the connections of readers still
+  streaming a failed fill; every reader closes its descriptor when done: a failed fill's deleted
+  spool file gives its space back at once.
 * Bytes that are not verified yet reach a client only in a response whose last byte is held back
   until the blob is verified (see api/http.py); a bad or cut upstream body ends those
-  connections early, never cleanly.
-* A fill whose bytes reached a client and that then did not verify (bad bytes, a cut upstream,
-  no clients left, the process killed) leaves a `Taint` in the catalog's journal
-  (`unverified_fills`): how many bytes it had written and their sha256. A client holding some of
-  them may resume (a Range starting past byte 0); that is answered only from a verified copy
-  whose first bytes hash the same, i.e. when the failed fill's bytes were right after all, and
-  refused (409 ResumeRefused) otherwise, for `resume_guard` seconds.
+  connections early, never cleanly. Before its first unverified byte goes out, the fill writes a
+  row into the journal (journal.py), so that a resume onto bytes of a fill that then failed is
+  answered only when they prove right.
 * When its last client has been gone for `orphan_grace` seconds, a fill stops and closes its
   upstream connection, unless a pinned, hosted or declared mirror's commit lists its blob.
 """
@@ -27,7 +24,6 @@ client C ─┘   (own fd)     (one task)    └─> written counter + condition
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
@@ -48,44 +44,54 @@ from ..model.entries import Entry
 from ..model.names import RepoRef
 from ..store import BlobStore, BlobWriter
 from ..store.verify import ContentCheck
+from .journal import Journal, Taint, hash_prefix, read_fd
 
 log = logging.getLogger("hubmirror.proxy")
+
+TAINTED = object()  # Filler.join: a fill of this blob failed (or is failing) meanwhile; decide again
 
 
 @dataclass(frozen=True, slots=True)
 class FillKey:
-    """LFS blobs are known by sha256 before download; regular files by their git blob id."""
+    """LFS blobs are known by sha256 before download; regular files by their git blob id. The size
+    is part of the key: an upstream listing the same sha256 with another size gets a fill of its
+    own (which then fails verification), never bytes of a different length."""
 
     kind: str  # sha256 | oid
     value: str
+    size: int
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.value}"
+        return f"{self.kind}:{self.value}:{self.size}"
 
 
 def key_for(entry: Entry) -> FillKey:
     if entry.lfs and entry.sha256:
-        return FillKey("sha256", entry.sha256)
-    return FillKey("oid", entry.oid)
+        return FillKey("sha256", entry.sha256, entry.size)
+    return FillKey("oid", entry.oid, entry.size)
 
 
 class Fill:
-    def __init__(self, key: FillKey, size: int, fd: int) -> None:
+    def __init__(self, key: FillKey, size: int, fd: int, spool: str) -> None:
         self.key = key
         self.size = size
+        self.spool = spool  # the spool file's name, for the journal
         self.written = 0
         self.fd: int | None = fd  # the fill's read handle on the spool file; readers dup it
         self.sha256: str | None = None
-        self.verified = False
+        self.verified = False  # verified and published: the last byte may go
+        self.bytes_ok = False  # verified (maybe not yet published)
         self.error: BaseException | None = None
         self.done = asyncio.Event()
         self._cond = asyncio.Condition()
-        self.readers = 0
+        self.readers: set[FillReader] = set()
         self.sent_unverified = False  # a byte reached a client before the blob was verified
         self.sent_end = 0  # the end of the furthest range of bytes sent to a client
         self.wanted = False  # a pinned/hosted/mirrored commit lists it: go on without clients
         self.task: asyncio.Task[None] | None = None
         self.journal_id: int | None = None
+        self._journaling: asyncio.Task[int | None] | None = None
+        self._journal: Callable[[Fill], Any] | None = None
         self._on_orphan: Callable[[Fill], None] | None = None
 
     def join(self) -> FillReader:
@@ -93,13 +99,30 @@ class Fill:
         joining: the fill closes its descriptor when it ends."""
         if self.fd is None:
             raise HubMirrorError("internal: joined a fill that has ended")
-        self.readers += 1
-        return FillReader(self, os.dup(self.fd))
+        r = FillReader(self, os.dup(self.fd))
+        self.readers.add(r)
+        return r
 
-    def left(self) -> None:
-        self.readers -= 1
-        if self.readers == 0 and not self.done.is_set() and self._on_orphan is not None:
+    def left(self, r: FillReader) -> None:
+        self.readers.discard(r)
+        if not self.readers and not self.done.is_set() and self._on_orphan is not None:
             self._on_orphan(self)
+
+    async def journaled(self) -> bool:
+        """Before the first unverified byte goes to a client: the journal row exists (one write,
+        shared by every reader). False if it could not be written (a full disk): then nothing
+        unverified may be sent."""
+        if self.journal_id is not None:
+            return True
+        if self._journal is None:
+            return False
+        if self._journaling is None:
+            self._journaling = asyncio.ensure_future(self._journal(self))
+        try:
+            self.journal_id = await asyncio.shield(self._journaling)
+        except HubMirrorError:
+            return False
+        return self.journal_id is not None
 
     async def advanced(self, n: int) -> None:
         self.written += n
@@ -111,16 +134,6 @@ class Fill:
         self.done.set()
         async with self._cond:
             self._cond.notify_all()
-
-    async def wait_for(self, n: int, timeout: float | None = None) -> bool:
-        """Until at least n bytes are written or the fill ended; False if `timeout` passed first."""
-        async with self._cond:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._cond.wait_for(lambda: self.written >= n or self.done.is_set())
-            except TimeoutError:
-                return False
-        return True
 
     async def wait_change(self, seen: int, timeout: float) -> None:
         """Until more than `seen` bytes are written or the fill ended, or `timeout` passed."""
@@ -138,17 +151,19 @@ class Fill:
 
 
 class FillReader:
-    """One client's handle on a fill: its own descriptor of the spool file, released once."""
+    """One client's handle on a fill: its own descriptor of the spool file, released once. The
+    streaming code sets `abort` (the client's connection), so a failed fill can cut it at once."""
 
     def __init__(self, fill: Fill, fd: int) -> None:
         self.fill = fill
         self.fd: int | None = fd
+        self.abort: Callable[[], None] | None = None
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-            self.fill.left()
+            self.fill.left(self)
 
     def __enter__(self) -> FillReader:
         return self
@@ -165,54 +180,13 @@ class FillReader:
 
 
 @dataclass
-class Taint:
-    """A fill that sent bytes and never verified: its first `prefix_len` bytes hashed to
-    `prefix_sha256` (both None if its process died: nothing is known, nothing can be proved)."""
-
-    id: int
-    prefix_len: int | None
-    prefix_sha256: str | None
-    sent_end: int | None  # no client got a byte at or past this offset (None: unknown)
-    at: float  # wall-clock time
-
-    def covers(self, start: int) -> bool:
-        """Could a client asking for bytes from `start` on hold bytes of this fill just before them?"""
-        return self.sent_end is None or start <= self.sent_end
-
-
-@dataclass
 class FillStats:
     started: dict[str, int]  # by trigger: "full" (a whole-file GET) | "range"
     bytes: dict[str, int]
     failed: int = 0
     orphaned: int = 0  # stopped because every client had gone
-
-
-def recover_crashed_fills(catalog: Catalog, store: Any) -> int:
-    """Before the store sweeps the partial files of a process that died mid-fill: hash each one a
-    journal row names, so that its clients' resumes can later be checked against a verified copy
-    instead of being refused for `resume_guard`. Returns how many were recovered."""
-    n = 0
-    abandoned = getattr(store, "abandoned", None)
-    if abandoned is None:
-        return 0
-    for fill_id, name in catalog.crashed_fills():
-        path = abandoned(name)
-        if path is None:
-            continue  # still being written by a live process, or gone: nothing to learn
-        h = hashlib.sha256()
-        size = 0
-        try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                    size += len(chunk)
-        except OSError:
-            continue
-        # no client can have got a byte that was never written
-        catalog.fill_failed(fill_id, size, h.hexdigest(), size)
-        n += 1
-    return n
+    resumes_proven: int = 0  # resumes onto a failed fill's bytes, answered once proven right
+    resumes_refused: int = 0
 
 
 class Filler:
@@ -236,11 +210,10 @@ class Filler:
         self.min_free = min_free
         self.max_bytes = max_bytes
         self.orphan_grace = orphan_grace
-        self.resume_guard = resume_guard
+        self.journal = Journal(catalog, resume_guard)
         self.on_filled = on_filled
         self._fills: dict[FillKey, Fill] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._taints: dict[str, list[Taint]] = {}  # str(key) -> fills of it that sent unverified bytes
         self.stats = FillStats({"full": 0, "range": 0}, {"full": 0, "range": 0})
         self.upstream_fills = 0
 
@@ -249,82 +222,57 @@ class Filler:
         return len(self._fills)
 
     async def start(self) -> None:
-        """Load the journal: failed fills, and fills of a process that died, whose bytes reached clients."""
-        rows = await asyncio.to_thread(self.catalog.unverified_fills, self.resume_guard)
-        now_wall, now_db = time.time(), utcnow()
-        for fid, key, at, plen, psha, sent in rows:
-            when = now_wall - (now_db - at).total_seconds()
-            self._taints.setdefault(key, []).append(Taint(fid, plen, psha, sent, when))
+        await self.journal.load()
 
     def taints(self, entry: Entry, start: int) -> list[Taint]:
-        """The failed fills of this blob whose bytes a client resuming at `start` may hold."""
-        key = str(key_for(entry))
-        found = self._taints.get(key)
-        if not found:
-            return []
-        now = time.time()
-        live = [t for t in found if now - t.at <= self.resume_guard]
-        if len(live) != len(found):
-            if live:
-                self._taints[key] = live
-            else:
-                self._taints.pop(key, None)
-        return [t for t in live if t.covers(start)] if start > 0 else []
+        return self.journal.taints(str(key_for(entry)), start)
 
-    async def clear_taints(self, entry: Entry, sha256: str, taints: list[Taint]) -> bool:
-        """Compare each failed fill's bytes with the verified blob `sha256`; forget the ones that
-        were right. True if none is left (a resume over them is safe)."""
-        key = str(key_for(entry))
-        ok = True
-        for t in taints:
-            if t.prefix_len is None or t.prefix_sha256 is None:
-                ok = False
-                continue
-            if not await asyncio.to_thread(self._prefix_matches, sha256, t.prefix_len, t.prefix_sha256):
-                ok = False
-                continue
-            await asyncio.to_thread(self.catalog.fill_forget, t.id)
-            rest = [x for x in self._taints.get(key, []) if x.id != t.id]
-            if rest:
-                self._taints[key] = rest
-            else:
-                self._taints.pop(key, None)
-        return ok
+    async def prove_stored(self, entry: Entry, sha256: str, taints: list[Taint], start: int) -> bool:
+        """Do the stored, verified blob's bytes prove those failed fills right for a resume at start?"""
+        return await self.journal.prove(str(key_for(entry)), sha256, taints, start,
+                                        lambda n: self.store.read(sha256, 0, n))
 
-    def _prefix_matches(self, sha256: str, n: int, expected: str) -> bool:
-        info = self.store.stat(sha256)
-        if info is None or info.size < n:
-            return False
-        h = hashlib.sha256()
-        for chunk in self.store.read(sha256, 0, n):
-            h.update(chunk)
-        return h.hexdigest() == expected
+    async def prove_spool(self, entry: Entry, sha256: str, taints: list[Taint], start: int, fd: int) -> bool:
+        """The same, from a verified fill's spool file (kept or not) through a reader's descriptor."""
+        return await self.journal.prove(str(key_for(entry)), sha256, taints, start, lambda n: read_fd(fd, n))
 
     def join_active(self, entry: Entry) -> FillReader | None:
+        """Join the fill in flight, if one is and it has not failed."""
         fill = self._fills.get(key_for(entry))
-        return fill.join() if fill is not None else None
+        return fill.join() if fill is not None and fill.error is None else None
 
-    async def join(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str) -> FillReader | None:
+    def failing(self, entry: Entry) -> Fill | None:
+        """A fill of this blob that failed and is still recording what it sent (wait for it)."""
+        fill = self._fills.get(key_for(entry))
+        return fill if fill is not None and fill.error is not None else None
+
+    async def join(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str,
+                   start: int = 0) -> FillReader | None | object:
         """Join the fill of this entry's blob: the one in flight, or a new one (after a space check).
-        None if the blob was published meanwhile (a fill that just ended): read it from the store."""
+        None if the blob was published meanwhile (a fill that just ended): read it from the store.
+        TAINTED if a fill of it failed meanwhile after sending bytes a resume at `start` may hold."""
         key = key_for(entry)
         fill = self._fills.get(key)
         if fill is not None:
-            return fill.join()
+            return fill.join() if fill.error is None else TAINTED
         if self.max_bytes is not None and entry.size > self.max_bytes:
             keep = False  # larger than the whole budget: stream it through, verified, without keeping it
-        prepared = await asyncio.to_thread(self._prepare, key, entry, keep)
+        prepared = await asyncio.to_thread(self._prepare, entry, keep)
         if prepared is None:
             return None
-        writer, fd, journal_id, wanted = prepared
+        writer, fd, wanted = prepared
+        if self.taints(entry, start):  # no await between this check and the join below
+            await asyncio.to_thread(self._discard, writer, fd)
+            return TAINTED
         fill = self._fills.get(key)  # another request may have started it meanwhile
         if fill is not None:
-            await asyncio.to_thread(self._discard, writer, fd, journal_id)
-            return fill.join()
-        fill = Fill(key, entry.size, fd)
-        fill.journal_id = journal_id
+            await asyncio.to_thread(self._discard, writer, fd)
+            return fill.join() if fill.error is None else TAINTED
+        path = writer.spool_path
+        fill = Fill(key, entry.size, fd, path.name if path is not None else "")
         fill.wanted = wanted
         fill._on_orphan = self._orphaned
+        fill._journal = self._journal_row
         self._fills[key] = fill
         reader = fill.join()
         self.stats.started[trigger] += 1
@@ -335,7 +283,12 @@ class Filler:
         task.add_done_callback(self._tasks.discard)
         return reader
 
-    def _prepare(self, key: FillKey, entry: Entry, keep: bool) -> tuple[BlobWriter, int, int, bool] | None:
+    async def _journal_row(self, fill: Fill) -> int | None:
+        if fill.bytes_ok or fill.done.is_set():
+            return None
+        return await asyncio.to_thread(self.catalog.fill_started, str(fill.key), fill.spool)
+
+    def _prepare(self, entry: Entry, keep: bool) -> tuple[BlobWriter, int, bool] | None:
         # a fill ends (leaves _fills) only after it published: no fill in flight and the blob here
         # means one just ended, and the bytes are ready
         if entry.sha256 is not None and self.store.stat(entry.sha256) is not None:
@@ -351,18 +304,16 @@ class Filler:
             writer.cancel()
             raise
         try:
-            journal_id = self.catalog.fill_started(str(key), path.name)
             wanted = self.catalog.blob_wanted(entry.sha256 if entry.lfs else None, entry.oid)
         except BaseException:
             os.close(fd)
             writer.cancel()
             raise
-        return writer, fd, journal_id, wanted
+        return writer, fd, wanted
 
-    def _discard(self, writer: BlobWriter, fd: int, journal_id: int) -> None:
+    def _discard(self, writer: BlobWriter, fd: int) -> None:
         os.close(fd)
         writer.cancel()
-        self.catalog.fill_forget(journal_id)
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -375,7 +326,7 @@ class Filler:
 
         async def stop_later() -> None:
             await asyncio.sleep(self.orphan_grace)
-            if fill.readers == 0 and not fill.done.is_set() and fill.task is not None:
+            if not fill.readers and not fill.done.is_set() and fill.task is not None:
                 log.info("fill of %s stopped: its clients are gone", fill.key)
                 self.stats.orphaned += 1
                 fill.task.cancel()
@@ -449,6 +400,9 @@ class Filler:
                 await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
                 pool.shutdown(wait=False)
             sha256 = check.verified_sha256(writer)
+            fill.sha256 = sha256
+            fill.bytes_ok = True  # whatever a client got of it is right: no journal needed
+            await self._verified(fill, entry, sha256)
             if keep:
                 await asyncio.to_thread(writer.commit, sha256, entry.size)
                 if not entry.lfs:
@@ -459,49 +413,82 @@ class Filler:
                     self.on_filled(sha256, entry.size)
             else:
                 await asyncio.to_thread(writer.cancel)  # verified, streamed, not kept (cache rules)
-            fill.sha256 = sha256
+            # readers get the last byte only now, once it is published: a client that has its whole
+            # file finds it stored on its next request
             fill.verified = True
-            await self._end(fill, None)
-            if keep and self._taints.get(str(fill.key)):  # earlier failed fills: were their bytes right?
-                try:
-                    await self.clear_taints(entry, sha256, list(self._taints.get(str(fill.key), [])))
-                except (HubMirrorError, OSError) as e:
-                    log.warning("could not compare failed fills of %s: %s", fill.key, e)
+            self._ended(fill, None, None)
+            await fill.finish(None)
         except BaseException as e:
-            prefix = None
-            if fill.sent_unverified and not fill.verified:
-                try:  # what was written (and so what any client can hold), for a later comparison
-                    prefix = (writer.size, await asyncio.to_thread(lambda: writer.sha256))
-                except HubMirrorError:
-                    prefix = None
-            await asyncio.to_thread(writer.cancel)
-            if isinstance(e, HubMirrorError):
-                log.warning("fill of %s/%s failed: %s", ref, entry.path, e.message)
-            else:
-                log.warning("fill of %s/%s failed: %r", ref, entry.path, e)
-            self.stats.failed += 1
-            if not fill.done.is_set():
-                await self._end(fill, e, prefix)
+            fill.error = e  # at once, before any await: no reader sends another byte of it
+            failed: Taint | None = None
+            try:
+                failed = await self._failed(fill, e)
+            except BaseException:  # cancelled again (shutdown): the journal row stays; the next start hashes
+                failed = None
+            finally:
+                writer.cancel()  # close and unlink now, whatever happens next
+                if isinstance(e, HubMirrorError):
+                    log.warning("fill of %s/%s failed: %s", ref, entry.path, e.message)
+                else:
+                    log.warning("fill of %s/%s failed: %r", ref, entry.path, e)
+                self.stats.failed += 1
+                if not fill.done.is_set():
+                    self._ended(fill, e, failed)
+            await fill.finish(e)
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
             if locked:
                 gc_lock.release()
 
-    async def _end(self, fill: Fill, error: BaseException | None, prefix: tuple[int, str] | None = None) -> None:
-        self._fills.pop(fill.key, None)
-        fill.close_fd()  # readers hold their own duplicates
+    async def _verified(self, fill: Fill, entry: Entry, sha256: str) -> None:
+        """The blob verified: its journal row goes, and earlier failed fills of it are compared with
+        its bytes (read back from the spool, kept or not), once each."""
         try:
-            if error is not None and fill.sent_unverified and fill.journal_id is not None:
-                # clients hold bytes nobody verified: keep the journal row, with what they were
-                plen, psha = prefix if prefix is not None else (None, None)
-                self._taints.setdefault(str(fill.key), []).append(
-                    Taint(fill.journal_id, plen, psha, fill.sent_end, time.time()))
-                if prefix is not None:
-                    await asyncio.to_thread(self.catalog.fill_failed, fill.journal_id, prefix[0], prefix[1],
-                                            fill.sent_end)
-            elif fill.journal_id is not None:
-                await asyncio.to_thread(self.catalog.fill_forget, fill.journal_id)
-        except HubMirrorError as e:  # a full disk: the row stays as it is; a resume is refused; safe
-            log.warning("could not update the journal of %s: %s", fill.key, e.message)
-        await fill.finish(error)
+            if fill._journaling is not None:
+                jid = await asyncio.shield(fill._journaling)
+                if jid is not None:
+                    await asyncio.to_thread(self.catalog.fill_forget, jid)
+            taints = self.journal.pending(str(fill.key))
+            if taints and fill.fd is not None:
+                fd = fill.fd
+                await self.journal.prove(str(fill.key), sha256, taints, 0, lambda n: read_fd(fd, n))
+        except (HubMirrorError, OSError) as e:  # a full disk: rows stay, resumes are refused: safe
+            log.warning("could not update the journal of %s: %s", fill.key, e)
+
+    async def _failed(self, fill: Fill, e: BaseException) -> Taint | None:
+        """A fill ends unverified: if its bytes reached clients, hash exactly those (from the spool)
+        and record them, so a later resume can be proved or refused."""
+        if fill.bytes_ok or not fill.sent_unverified or fill.fd is None:
+            return None  # (bytes that verified and then failed to publish are right all the same)
+        try:
+            jid = fill.journal_id
+            if jid is None and fill._journaling is not None:
+                jid = await asyncio.shield(fill._journaling)
+            if jid is None:
+                return None
+            fd, n = fill.fd, fill.sent_end
+            digest = await asyncio.to_thread(lambda: hash_prefix(read_fd(fd, n)))
+            taint = Taint(jid, n, digest, n, time.time())
+            await asyncio.to_thread(self.catalog.fill_failed, jid, n, digest, n)
+            return taint
+        except (HubMirrorError, OSError) as err:  # the row stays as it is: resumes are refused: safe
+            log.warning("could not record the failed fill of %s: %s", fill.key, err)
+            return Taint(fill.journal_id or -1, None, None, None, time.time())
+
+    def _ended(self, fill: Fill, error: BaseException | None, taint: Taint | None) -> None:
+        """Everything a fill's end changes, in one step with no await: it leaves _fills and its
+        taint (if any) is registered together, so no request sees neither; its own descriptor is
+        closed; readers still streaming a failed fill are cut (a stalled client must not keep the
+        deleted file). Waiters are woken by `Fill.finish`."""
+        self._fills.pop(fill.key, None)
+        if taint is not None:
+            self.journal.add(str(fill.key), taint)
+        fill.close_fd()  # readers hold their own duplicates
+        fill.error = error
+        fill.done.set()
+        if error is not None:
+            for r in list(fill.readers):
+                if r.abort is not None:
+                    r.abort()
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,7 +39,8 @@ from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha
 from ..reader import BlobSource, FileHit, LocalReader, Snapshot
 from ..store import BlobStore
-from .fill import Filler
+from .fill import TAINTED, Filler, FillReader
+from .journal import Taint
 from .rules import Rules
 
 log = logging.getLogger("hubmirror.proxy")
@@ -207,53 +209,88 @@ class ProxyReader(LocalReader):
         assert commit is not None
         return Snapshot(repo, commit, stale)
 
-    async def open_blob(self, hit: FileHit, *, head: bool, start: int = 0) -> BlobSource:
-        """`start`: the first byte the client asked for (a Range); past 0 it may be resuming."""
+    async def open_blob(
+        self, hit: FileHit, *, head: bool, start: int = 0, alive: Callable[[], bool] | None = None
+    ) -> BlobSource:
+        """Where to read `hit`'s bytes from. `start`: the first byte the client asked for (a Range;
+        past 0 it may be resuming); `alive`: is the client still there (while it waits)."""
         e = hit.entry
         if head or hit.repo.origin != "proxy":
             return BlobSource(e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
-        taints = self.filler.taints(e, start)
-        stored = e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None
-        if taints:
-            # a failed fill sent bytes of this blob that nobody verified: a resume onto them is
-            # answered only from a verified copy they match
-            sha256 = e.sha256 if stored else await self._verified(hit)
-            if sha256 is None or not await self.filler.clear_taints(e, sha256, taints):
-                raise ResumeRefused(
-                    f"cannot resume {hit.repo.ref}/{e.path}: an earlier transfer of it sent bytes that were never "
-                    f"verified and do not match the verified file; download it again from the first byte "
-                    f"(curl: without -C)"
-                )
-            stored = True
-            e = Entry(e.path, e.type, e.oid, e.size, sha256, e.lfs, e.pointer_size, e.last_commit)
-        if stored:
-            self._access[e.sha256 or ""] = (e.size, True, utcnow())
-            return BlobSource(e.sha256)
-        handle = self.filler.join_active(e)
-        if handle is None:
+        keep = self.cache_rules.allows(hit.repo.ref)
+        trigger = "range" if start > 0 else "full"
+        for _ in range(4):
+            dying = self.filler.failing(e)
+            if dying is not None:  # it is recording what it sent: decide once it has
+                await asyncio.wait_for(dying.done.wait(), 120)
+            info = await self._run(self.store.stat, e.sha256) if e.sha256 is not None else None
+            if info is not None and info.size != e.size:
+                raise UpstreamError(f"{hit.repo.ref}/{e.path}: the upstream lists {e.size} bytes for content "
+                                    f"this mirror holds with {info.size} bytes; not served")
+            # no await from here to joining a fill: a fill that fails registers its taint in the
+            # same step as it leaves the fills in flight, so this sees one or the other
+            taints = self.filler.taints(e, start)
+            if taints:
+                return await self._resume(hit, taints, start, stored=info is not None, keep=keep, alive=alive)
+            if info is not None:
+                self._access[e.sha256 or ""] = (e.size, True, utcnow())
+                return BlobSource(e.sha256)
+            handle = self.filler.join_active(e)
+            if handle is not None:
+                return BlobSource(None, handle)
             if self.offline:
                 raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
-            handle = await self.filler.join(hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref),
-                                            trigger="range" if start > 0 else "full")
-            if handle is None:  # a fill published it a moment ago
-                return BlobSource(e.sha256)
-        return BlobSource(None, handle)
+            joined = await self.filler.join(hit.repo.ref, hit.commit, e, keep=keep, trigger=trigger, start=start)
+            if joined is TAINTED:
+                continue  # a fill of it failed meanwhile: decide again
+            if joined is None:  # a fill published it a moment ago
+                continue
+            return BlobSource(None, joined)
+        raise UpstreamUnavailable(f"{hit.repo.ref}/{e.path}: its fills keep failing; try again later")
 
-    async def _verified(self, hit: FileHit) -> str | None:
-        """Fill the blob (or wait for the fill in flight), sending nothing; its sha256 once stored."""
+    async def _resume(self, hit: FileHit, taints: list[Taint], start: int, *, stored: bool, keep: bool,
+                      alive: Callable[[], bool] | None) -> BlobSource:
+        """A failed fill sent bytes of this blob that nobody verified: a resume onto them is answered
+        only from a verified copy that proves them right (fetched first if needed; nothing is sent
+        meanwhile), else refused."""
         e = hit.entry
+        refused = ResumeRefused(
+            f"cannot resume {hit.repo.ref}/{e.path}: an earlier transfer of it sent bytes that were never "
+            f"verified and do not match the verified file; download it again from the first byte "
+            f"(curl: without -C)")
+        if stored and e.sha256 is not None:
+            if await self.filler.prove_stored(e, e.sha256, taints, start):
+                self.filler.stats.resumes_proven += 1
+                return BlobSource(e.sha256)
+            self.filler.stats.resumes_refused += 1
+            raise refused
         if self.offline:
-            return None
-        handle = self.filler.join_active(e) or await self.filler.join(
-            hit.repo.ref, hit.commit, e, keep=self.cache_rules.allows(hit.repo.ref), trigger="range")
-        if handle is None:  # published a moment ago
-            return e.sha256
-        with handle:
-            await handle.fill.done.wait()
-            fill = handle.fill
-        if fill.error is not None or not fill.verified or fill.sha256 is None:
-            return None
-        return fill.sha256 if await self._run(self.store.stat, fill.sha256) is not None else None
+            self.filler.stats.resumes_refused += 1
+            raise refused
+        joined = self.filler.join_active(e) or await self.filler.join(
+            hit.repo.ref, hit.commit, e, keep=keep, trigger="range")
+        if joined is None or joined is TAINTED:
+            self.filler.stats.resumes_refused += 1
+            raise refused  # stored a moment ago, or a fill failing right now: the client may retry
+        assert isinstance(joined, FillReader)
+        fill = joined.fill
+        try:
+            while not fill.done.is_set():
+                await fill.wait_change(fill.written, 1.0)
+                if alive is not None and not alive():
+                    raise ConnectionResetError("the client went away")
+            # the fill compared its verified bytes with every failed fill of this blob when it verified
+            left = self.filler.taints(e, start)
+            if fill.error is None and fill.verified and fill.sha256 is not None and joined.fd is not None and (
+                    not left or await self.filler.prove_spool(e, fill.sha256, left, start, joined.fd)):
+                self.filler.stats.resumes_proven += 1
+                return BlobSource(None, joined)  # streamed from the verified spool
+        except BaseException:
+            joined.release()
+            raise
+        joined.release()
+        self.filler.stats.resumes_refused += 1
+        raise refused
 
     async def refs(self, ref: RepoRef) -> dict[str, str]:
         repo = await self._run(self.catalog.get_repo, ref)

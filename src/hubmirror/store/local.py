@@ -16,6 +16,7 @@ file, which `sweep()` removes at the next start. A blob is never visible half-wr
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -64,9 +65,53 @@ class _Hasher:
 
 
 def _os_error(e: OSError, what: str) -> StoreError | InsufficientStorage:
+    """`what` is the action: "write a blob"."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"disk full while {what}")
+        return InsufficientStorage(f"disk full: cannot {what}")
     return StoreError(f"cannot {what}: {e.strerror or e}")
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """Move src to dst unless dst exists (renameat2 where the kernel and libc have it); True if
+    moved. For filesystems without hard links (SMB, some FUSE mounts, exFAT)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        res = libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+    except (AttributeError, OSError):
+        res, err = -1, errno.ENOSYS
+    else:
+        err = ctypes.get_errno() if res != 0 else 0
+    if res == 0:
+        return True
+    if err == errno.EEXIST:
+        os.unlink(src)
+        return False
+    if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        raise OSError(err, os.strerror(err), str(dst))
+    if dst.exists():  # no atomic no-replace here: check, then move (a same-bytes race at worst)
+        os.unlink(src)
+        return False
+    os.replace(src, dst)
+    return True
+
+
+def _publish(src: Path, dst: Path) -> bool:
+    """Publish src under dst only if absent; True if this call created it."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        os.unlink(src)
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV):
+            raise
+        return _rename_noreplace(src, dst)
+    os.unlink(src)
+    return True
 
 
 class _LocalWriter(BlobWriter):
@@ -76,13 +121,16 @@ class _LocalWriter(BlobWriter):
         try:
             self._fh = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/cancel
         except OSError as e:
-            raise _os_error(e, "creating a blob") from e
+            raise _os_error(e, "create a blob") from e
         self._error: BaseException | None = None  # the first failure, raised again by later writes
         # Held until commit/cancel so that sweep() in another process leaves a live write alone.
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = _Hasher()
         self._size = 0
         self._done = False
+        # commit (often on a worker thread) and cancel (on shutdown, from another) exclude each
+        # other: a cancel during a commit waits for it, then has nothing left to do
+        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -108,22 +156,26 @@ class _LocalWriter(BlobWriter):
                 n = self._fh.write(view)
                 view = view[n:]
         except OSError as e:
-            self._error = _os_error(e, "writing a blob")
+            self._error = _os_error(e, "write a blob")
             self.cancel()  # closes and unlinks at once: the space is returned now
             raise self._error from e
         self._hash.update(bytes(data))
         self._size += len(data)
 
     def commit(self, sha256: str, size: int) -> BlobInfo:
+        with self._lock:
+            return self._commit(sha256, size)
+
+    def _commit(self, sha256: str, size: int) -> BlobInfo:
         check_sha256(sha256)
         if self._done:
             raise StoreError("commit after commit or cancel")
         if self._size != size:
-            self.cancel()
+            self._cancel()
             raise SizeMismatch(f"blob {sha256}: expected {size} bytes, got {self._size}")
         actual = self._hash.hexdigest()
         if actual != sha256:
-            self.cancel()
+            self._cancel()
             raise DigestMismatch(f"blob {sha256}: content hashes to {actual}")
         try:
             os.fsync(self._fh.fileno())
@@ -131,20 +183,19 @@ class _LocalWriter(BlobWriter):
             final = self._store._path(sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(self._tmp, 0o444)
-            try:  # publish only if absent, atomically: whoever created it knows it did
-                os.link(self._tmp, final)
-                created = True
-            except FileExistsError:
-                created = False
-            os.unlink(self._tmp)
+            created = _publish(self._tmp, final)  # only if absent: whoever created it knows it did
             _fsync_dir(final.parent)
         except OSError as e:
-            self.cancel()
-            raise _os_error(e, f"publishing blob {sha256}") from e
+            self._cancel()
+            raise _os_error(e, f"publish blob {sha256}") from e
         self._done = True
         return BlobInfo(sha256, size, created)
 
     def cancel(self) -> None:
+        with self._lock:
+            self._cancel()
+
+    def _cancel(self) -> None:
         if self._done:
             return
         self._done = True

@@ -16,6 +16,7 @@ It follows the rules of every other read:
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,9 @@ from ..model.names import RepoRef, is_commit_sha
 from .engine import matches
 
 
+MAX_LISTINGS = 1000  # upstream listings kept for check-update (oldest dropped first)
+
+
 @dataclass(frozen=True, slots=True)
 class _Upstream:
     commit: str
@@ -53,6 +57,7 @@ class UpdateChecker:
         offline: bool,
         allow_gated: bool,
         ttl: float,
+        negative_ttl: float = 60.0,
     ) -> None:
         self.catalog = catalog
         self.client = client
@@ -60,7 +65,9 @@ class UpdateChecker:
         self.offline = offline
         self.allow_gated = allow_gated
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self._cache: dict[tuple[RepoRef, str], _Upstream] = {}
+        self._negative: dict[tuple[RepoRef, str], tuple[HubMirrorError, float]] = {}
         self._inflight: SingleFlight[tuple[RepoRef, str], _Upstream] = SingleFlight()
         self._listings: SingleFlight[str, dict[str, str]] = SingleFlight()
 
@@ -91,6 +98,12 @@ class UpdateChecker:
                 mirrored = None
         stale: str | None = None
         up: _Upstream | None = None
+        if is_commit_sha(revision):
+            # a commit never moves: nothing to ask the upstream (and no listing to fetch for it)
+            if mirrored is None:
+                raise RevisionNotFound(f"Invalid rev id: {revision} is not mirrored here for {ref}")
+            may_ask = False
+            up = _Upstream(mirrored, None, 0.0)
         if may_ask:
             try:
                 up = await self._upstream(ref, revision, spec_ok)
@@ -98,7 +111,7 @@ class UpdateChecker:
                 raise
             except UpstreamError as e:
                 stale = f"upstream unreachable ({e.message[:200]})"
-        else:
+        elif up is None:
             stale = "offline mode" if self.offline else "pull-through is disabled"
         if up is None:  # the last known upstream commit
             known = (mirror.upstream or {}).get(revision) if mirror is not None else None
@@ -133,16 +146,24 @@ class UpdateChecker:
     async def _upstream(self, ref: RepoRef, revision: str, allow_gated: bool) -> _Upstream:
         key = (ref, revision)
         hit = self._cache.get(key)
-        ttl = float("inf") if is_commit_sha(revision) else self.ttl
-        if hit is not None and time.monotonic() - hit.at < ttl:
+        if hit is not None and time.monotonic() - hit.at < self.ttl:
             return hit
+        neg = self._negative.get(key)
+        if neg is not None and neg[1] > time.monotonic():
+            raise copy.copy(neg[0])
         return await self._inflight.run(key, lambda: self._ask(ref, revision, key, allow_gated))
 
     async def _ask(self, ref: RepoRef, revision: str, key: tuple[RepoRef, str], allow_gated: bool) -> _Upstream:
-        info = await self.client.repo_info(ref, revision)
-        if (info.get("private") or info.get("gated")) and not allow_gated:
-            # this mirror does not serve it: say no more than for a repo it does not have
-            raise RepoNotFound(f"Repository not found: {ref} is private or gated upstream and not served here")
+        try:
+            info = await self.client.repo_info(ref, revision)
+            if (info.get("private") or info.get("gated")) and not allow_gated:
+                # this mirror does not serve it: say no more than for a repo it does not have
+                raise RepoNotFound(f"Repository not found: {ref} is private or gated upstream and not served here")
+        except (RepoNotFound, RevisionNotFound, GatedRepo) as e:  # remembered like pull-through's
+            if len(self._negative) > 10_000:
+                self._negative.clear()
+            self._negative[key] = (e, time.monotonic() + self.negative_ttl)
+            raise
         lm = info.get("lastModified")
         up = _Upstream(str(info["sha"]), lm if isinstance(lm, str) and len(lm) < 64 else None, time.monotonic())
         if len(self._cache) > 10_000:
@@ -166,6 +187,7 @@ class UpdateChecker:
         listing = {e.path: e.oid for e in await self.client.tree(ref, commit) if e.is_file}
         try:
             await asyncio.to_thread(self.catalog.api_cache_put, key, orjson.dumps(listing), None)
+            await asyncio.to_thread(self.catalog.api_cache_prune, "tree:", MAX_LISTINGS)
         except HubMirrorError:
             pass  # a full disk: answered anyway, cached next time
         return listing
