@@ -35,7 +35,7 @@ from helpers import Reply, Server, raw
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hubmirror.api.http import ByteRange, RangeNotSatisfiable, parse_range
+from hubmirror.serve.stream import ByteRange, RangeNotSatisfiable, parse_range
 
 
 def _examples(n: int) -> int:

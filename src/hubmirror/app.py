@@ -29,9 +29,9 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import ConfigError, HubMirrorError
 from .hub import CircuitBreaker, HubClient, Shared
-from .proxy import Filler, ProxyReader, Rules
+from .proxy import Filler, Rules
 from .proxy.journal import recover_crashed_fills
-from .reader import LocalReader
+from .serve import LocalReader, PullThrough, Reader
 from .store import LocalBlobStore
 from .sync.check import UpdateChecker
 from .sync.engine import Syncer
@@ -224,8 +224,9 @@ def build_app(services: Services) -> web.Application:
     # syncs download on slots of their own: a long sync never makes a client's cache miss wait
     bulk = Shared(shared.api_slots, asyncio.Semaphore(s.upstream_max_concurrency), shared.breaker)
     client = s.hub_client(shared=bulk)
-    proxy: ProxyReader | None = None
-    reader: LocalReader
+    proxy: PullThrough | None = None
+    local = LocalReader(services.catalog, services.store)
+    reader: Reader = local
     proxy_client = s.hub_client(fail_fast=True, shared=shared)
     rules = Rules(s.proxy.allow, s.proxy.deny)
     filler: Filler | None = None
@@ -233,15 +234,13 @@ def build_app(services: Services) -> web.Application:
         filler = Filler(services.store, services.catalog, proxy_client, data_dir=s.data, min_free=int(s.proxy.min_free),
                         max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None,
                         orphan_grace=s.proxy.orphan_grace, resume_guard=s.proxy.resume_guard)
-        proxy = reader = ProxyReader(
-            services.catalog, services.store, proxy_client, filler,
+        proxy = reader = PullThrough(
+            local, proxy_client, filler,
             rules=rules, cache_rules=Rules(s.proxy.cache_allow, s.proxy.cache_deny),
             offline=s.proxy.offline, branch_ttl=s.proxy.branch_ttl, negative_ttl=s.proxy.negative_ttl,
             allow_gated=s.proxy.allow_gated,
         )
         filler.on_filled = proxy.note_filled
-    else:
-        reader = LocalReader(services.catalog, services.store)
     syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel,
                     on_published=reader.forget)
     mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,

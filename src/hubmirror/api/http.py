@@ -1,16 +1,12 @@
 """Shared HTTP helpers: JSON and error answers in the Hub's wire format, the public base URL,
-Range parsing, and a zero-copy blob response."""
+who a request comes from (trusted proxies), and file-name headers. (How bytes are sent lives in
+serve/stream.py.)"""
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import ipaddress
 import mimetypes
-import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,16 +14,10 @@ import orjson
 from aiohttp import web
 
 from ..errors import (
-    DigestMismatch,
     EntryNotFound,
     HubMirrorError,
     InvalidInput,
-    SizeMismatch,
-    StoreError,
-    UpstreamError,
-    UpstreamUnavailable,
 )
-from ..store import BlobStore
 
 EXPOSE = (
     "X-Repo-Commit,X-Request-Id,X-Error-Code,X-Error-Message,X-Total-Count,ETag,Link,Accept-Ranges,"
@@ -129,59 +119,6 @@ def base_url(request: web.Request, public_url: str | None, trust: ProxyTrust) ->
     return f"{scheme}://{host}{prefix}"
 
 
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    start: int
-    end: int  # exclusive
-
-
-class RangeNotSatisfiable(Exception):
-    pass
-
-
-_RANGE_RE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.IGNORECASE | re.ASCII)
-_HUGE = 10**18  # larger than any blob; digits past this are not converted (no 5,000-digit int())
-
-
-def _digits(s: str) -> str:
-    return s.lstrip("0") or "0"
-
-
-def _number(digits: str) -> int:
-    d = _digits(digits)
-    return _HUGE if len(d) > 18 else int(d)
-
-
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range; None means "send everything".
-
-    Syntactically invalid, multi-range and reversed (`b < a`) headers are ignored, as RFC 9110
-    allows; a range that starts at or past the end (or any range of an empty file) raises
-    RangeNotSatisfiable. Only ASCII digits count; numbers of any length are compared without
-    converting them whole.
-    """
-    if not header:
-        return None
-    m = _RANGE_RE.fullmatch(header.strip(" \t"))
-    if not m or (not m.group(1) and not m.group(2)):
-        return None
-    first, last = m.group(1), m.group(2)
-    if first:
-        if last:
-            a, b = _digits(first), _digits(last)
-            if (len(b), b) < (len(a), a):  # reversed: compared as numbers of any length
-                return None
-        start = _number(first)
-        end = min(_number(last) + 1, size) if last else size
-        if start >= size:
-            raise RangeNotSatisfiable
-        return ByteRange(start, end)
-    n = _number(last)
-    if n == 0 or size == 0:
-        raise RangeNotSatisfiable
-    return ByteRange(max(0, size - n), size)
-
-
 def content_disposition(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
@@ -192,244 +129,3 @@ def guess_type(path: str) -> str:
     return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
-async def send_blob(
-    request: web.Request,
-    store: BlobStore,
-    sha256: str,
-    size: int,
-    headers: dict[str, str],
-    etag: str,
-) -> web.StreamResponse:
-    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible."""
-    status = 200
-    rng, early = await _negotiate(request, size, headers, etag)
-    if early is not None:
-        return early
-    start, end = (rng.start, rng.end) if rng else (0, size)
-    count = end - start
-    if rng is not None:
-        status = 206
-        headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
-    resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = count
-    if request.method == "HEAD" or count == 0:
-        await resp.prepare(request)
-        return resp
-    path = store.local_path(sha256)
-    if path is not None:
-        await _sendfile(request, resp, path, start, count)
-    else:
-        await resp.prepare(request)
-        it = store.read(sha256, start, end)
-        while True:
-            chunk = await asyncio.to_thread(next, it, None)
-            if chunk is None:
-                break
-            await resp.write(chunk)
-    await resp.write_eof()
-    return resp
-
-
-async def conditional_answer(
-    request: web.Request, size: int, headers: dict[str, str], etag: str
-) -> web.StreamResponse | None:
-    """A 304 (If-None-Match) or 416 (unsatisfiable Range) that needs no byte of the file: answered
-    before any blob is opened, so that neither can make the mirror fetch a file."""
-    _rng, early = await _negotiate(request, size, headers, etag)
-    return early
-
-
-def requested_start(request: web.BaseRequest, size: int, etag: str) -> int:
-    """The first byte a GET will be answered from (0 for a whole body, a 304 or a 416)."""
-    if request.method != "GET" or "Range" not in request.headers:
-        return 0
-    if request.headers.get("If-None-Match") and _etag_in(etag, request.headers["If-None-Match"]):
-        return 0
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and not _if_range_matches(etag, if_range):
-        return 0
-    try:
-        rng = parse_range(request.headers.get("Range"), size)
-    except RangeNotSatisfiable:
-        return 0
-    return rng.start if rng else 0
-
-
-async def _negotiate(
-    request: web.Request, size: int, headers: dict[str, str], etag: str
-) -> tuple[ByteRange | None, web.StreamResponse | None]:
-    """If-None-Match (304), If-Range and Range (416): the range to send, or a finished answer."""
-    if request.headers.get("If-None-Match") and _etag_in(etag, request.headers["If-None-Match"]):
-        resp = web.StreamResponse(status=304, headers={**headers, "ETag": f'"{etag}"'})
-        await resp.prepare(request)
-        return None, resp
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and not _if_range_matches(etag, if_range):
-        return None, None
-    try:
-        return parse_range(request.headers.get("Range"), size), None
-    except RangeNotSatisfiable:
-        resp = web.StreamResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-        resp.content_length = 0
-        await resp.prepare(request)
-        return None, resp
-
-
-async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, start: int, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    try:
-        fh = await loop.run_in_executor(None, open, path, "rb")
-    except FileNotFoundError:
-        raise StoreError(f"blob {path.name} is missing from the store (deleted by hand? run hubmirror scrub)") from None
-    try:
-        await resp.prepare(request)
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        try:
-            await loop.sendfile(transport, fh, start, count)
-        except NotImplementedError:
-            fh.seek(start)
-            left = count
-            while left > 0:
-                chunk = await loop.run_in_executor(None, fh.read, min(left, 1 << 20))
-                if not chunk:
-                    raise ConnectionResetError("blob shorter than recorded")
-                await resp.write(chunk)
-                left -= len(chunk)
-    finally:
-        fh.close()
-
-
-def _etag_in(etag: str, header: str) -> bool:
-    """If-None-Match: a list, `*`, weak tags compared weakly (RFC 9110 13.1.2)."""
-    tags = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
-def _if_range_matches(etag: str, header: str) -> bool:
-    """If-Range: exactly one strong entity tag, compared strongly (RFC 9110 13.1.5); a weak tag, a
-    list, `*` or a date never match, so the whole body is sent."""
-    return header.strip(" \t") == f'"{etag}"'
-
-
-def _client_error(e: BaseException, path: str) -> HubMirrorError:
-    """What a client whose fill failed before its first byte is told (a fresh object per client)."""
-    if isinstance(e, (DigestMismatch, SizeMismatch)):
-        return UpstreamError(f"the upstream's bytes of {path} failed verification; nothing was kept")
-    if isinstance(e, HubMirrorError):
-        return copy.copy(e)
-    return UpstreamUnavailable(f"fetching {path} from the upstream stopped ({e.__class__.__name__})")
-
-
-async def send_fill(
-    request: web.Request, handle: Any, size: int, headers: dict[str, str], etag: str, *, path: str,
-) -> web.StreamResponse:
-    """Stream a file that is being fetched from the upstream (see proxy/fill.py).
-
-    Waits for the first byte before answering, so an upstream that fails at once gives the client
-    a proper error. Any response that carries bytes not verified yet holds back its last byte
-    until the whole blob is verified (whole bodies and every Range alike); on a failed
-    verification, a cut upstream or a stopped fill the connection is aborted, so no client ever
-    sees a clean end of unverified bytes.
-    """
-    with handle:
-        fill = handle.fill
-        rng, early = await _negotiate(request, size, headers, etag)
-        if early is not None:
-            return early
-        start, end = (rng.start, rng.end) if rng else (0, size)
-        while fill.written < min(size, start + 1) and not fill.done.is_set():
-            await fill.wait_change(fill.written, 1.0)
-            _check_client(request)
-        if fill.error is not None:
-            raise _client_error(fill.error, path)
-        status = 206 if rng else 200
-        if rng:
-            headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
-        resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = end - start
-        await resp.prepare(request)
-        if request.method == "HEAD" or end == start:
-            await resp.write_eof()
-            return resp
-        if request.transport is not None:
-            handle.abort = request.transport.abort  # a failed fill cuts this connection at once
-        spool = os.fdopen(handle.fd, "rb", buffering=0, closefd=False)
-        try:
-            if await _stream_fill(request, resp, fill, spool, start, end):
-                await resp.write_eof()
-        finally:
-            spool.close()
-        return resp
-
-
-def _check_client(request: web.Request) -> None:
-    t = request.transport
-    if t is None or t.is_closing():
-        raise ConnectionResetError("the client went away")
-
-
-async def _stream_fill(
-    request: web.Request, resp: web.StreamResponse, fill: Any, spool: Any, pos: int, end: int
-) -> bool:
-    """Send [pos, end) as the fill writes it; False (connection aborted) if it ends unverified."""
-    loop = asyncio.get_running_loop()
-    fd = spool.fileno()
-    journaled = False
-    while pos < end:
-        if fill.error is not None:
-            _abort(request)
-            return False
-        if fill.verified:
-            limit = end
-        elif fill.bytes_ok or journaled or await fill.journaled():
-            journaled = True
-            limit = end - 1  # the last byte waits for the verdict (and the blob's publication)
-        else:
-            limit = pos  # the journal cannot be written (a full disk): nothing unverified goes out
-        avail = min(fill.written, limit)
-        if avail > pos:
-            _check_client(request)
-            count = min(avail - pos, CHUNK)
-            if not fill.bytes_ok:
-                fill.sent_unverified = True
-                fill.sent_end = max(fill.sent_end, pos + count)
-            await _send_chunk(request, resp, loop, spool, fd, pos, count)
-            pos += count
-            continue
-        if fill.done.is_set():
-            if fill.verified and fill.written >= end:
-                continue
-            _abort(request)  # ended without a verdict in favour (or shorter than listed): never clean
-            return False
-        await fill.wait_change(fill.written, 1.0)
-        _check_client(request)
-    return True
-
-
-async def _send_chunk(request: web.Request, resp: web.StreamResponse, loop: asyncio.AbstractEventLoop,
-                      spool: Any, fd: int, pos: int, count: int) -> None:
-    """Zero-copy from the spool file, which the fill keeps writing behind us. A client that takes
-    longer than SEND_IDLE for one chunk is cut: a stalled reader must not hold a deleted file."""
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("the client went away")
-    try:
-        async with asyncio.timeout(SEND_IDLE):
-            try:
-                await loop.sendfile(transport, spool, pos, count)
-            except NotImplementedError:
-                await resp.write(await asyncio.to_thread(os.pread, fd, count, pos))
-    except TimeoutError:
-        _abort(request)
-        raise ConnectionResetError("the client stopped reading") from None
-
-
-CHUNK = 1 << 20
-SEND_IDLE = 60.0  # seconds one CHUNK may take to reach a client (at least ~17 KB/s)
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()

@@ -14,20 +14,17 @@ from aiohttp import web
 from ..errors import InvalidInput, NotFound, Unauthorized
 from ..model.entries import Entry, hub_time
 from ..model.names import RepoType, validate_path
-from ..reader import LocalReader, Snapshot
+from ..serve import Reader, Snapshot
+from ..serve.stream import conditional_answer, requested_start
 from .http import (
     EXPOSE,
     ProxyTrust,
     base_url,
-    conditional_answer,
     content_disposition,
     guess_type,
     header_safe,
     json_response,
     raw_path,
-    requested_start,
-    send_blob,
-    send_fill,
 )
 from .routing import Route, parse_api, parse_file
 
@@ -39,7 +36,7 @@ MAX_PATHS_INFO = 1000
 
 class HubApi:
     def __init__(
-        self, reader: LocalReader, *, public_url: str | None, trust: ProxyTrust, mirror_api: Any = None
+        self, reader: Reader, *, public_url: str | None, trust: ProxyTrust, mirror_api: Any = None
     ) -> None:
         self.reader = reader
         self.mirror_api = mirror_api
@@ -123,11 +120,9 @@ class HubApi:
         def alive() -> bool:
             return request.transport is not None and not request.transport.is_closing()
 
-        src = await self.reader.open_blob(hit, head=request.method == "HEAD",
-                                          start=requested_start(request, e.size, etag), alive=alive)
-        if src.fill is not None:
-            return await send_fill(request, src.fill, e.size, headers, etag, path=f"{route.repo}/{e.path}")
-        return await send_blob(request, self.reader.store, src.sha256 or "", e.size, headers, etag)
+        body = await self.reader.open_blob(hit, head=request.method == "HEAD",
+                                           start=requested_start(request, e.size, etag), alive=alive)
+        return await body.send(request, e.size, headers, etag)
 
     # -- repo info --------------------------------------------------------------------------
 

@@ -1,11 +1,9 @@
-"""Pull-through: repos that are neither hosted nor declared mirrors are fetched on first use.
-
-`ProxyReader` wraps the local reader (the api layer does not know which one it has);
-`Filler` downloads each missing blob once, however many clients ask, while they read it.
+"""Pull-through machinery: `Filler` downloads each missing blob once, however many clients ask,
+while they read it; `journal` remembers fills whose unverified bytes reached clients; `Rules`
+say which repos may be pulled through. The Reader layer that uses them is serve/pullthrough.py.
 """
 
 from .fill import Fill, Filler
-from .reader import ProxyReader
 from .rules import Rules
 
-__all__ = ["Fill", "Filler", "ProxyReader", "Rules"]
+__all__ = ["Fill", "Filler", "Rules"]

@@ -1,7 +1,7 @@
-"""What the read API asks of the mirror, answered from the local catalog and store.
+"""The Reader of what this mirror holds: the catalog and the store, nothing else.
 
-The api layer talks only to a `Reader`. Pull-through (later) is another Reader that wraps
-this one and falls through to the upstream on a miss, so no route grows a proxy branch.
+Hosted and mirrored repos are answered here; pull-through (pullthrough.py) is a layer holding
+this reader, and the access policy (policy.py) a layer over either.
 """
 
 from __future__ import annotations
@@ -10,41 +10,15 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from .catalog import Catalog, RepoRow
-from .errors import EntryNotFound, RepoNotFound
-from .model.entries import Commit, Entry
-from .model.names import RepoRef
-from .store import BlobStore
-
-
-@dataclass(frozen=True, slots=True)
-class FileHit:
-    repo: RepoRow
-    commit: str
-    entry: Entry
-    stale: str | None = None  # why this answer may be behind the upstream (offline fallback)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    repo: RepoRow
-    commit: Commit
-    stale: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BlobSource:
-    """Where the bytes of a file come from: a stored blob, or a fill in progress (pull-through,
-    a joined `FillReader` the caller must release)."""
-
-    sha256: str | None
-    fill: Any = None
-
+from ..catalog import Catalog, RepoRow
+from ..errors import EntryNotFound, RepoNotFound
+from ..model.entries import Commit, Entry
+from ..model.names import RepoRef
+from ..store import BlobStore
+from .base import FileHit, Snapshot, parse_card
+from .stream import Body, StoredBody
 
 REF_TTL = 1.0  # seconds a branch/tag lookup is reused; commits and their entries are immutable
 
@@ -147,9 +121,9 @@ class LocalReader:
 
     async def open_blob(
         self, hit: FileHit, *, head: bool, start: int = 0, alive: Any = None
-    ) -> BlobSource:
+    ) -> Body:
         """Where to read the bytes of `hit` from. Hosted and mirrored files are always stored."""
-        return BlobSource(hit.entry.sha256)
+        return StoredBody(self.store, hit.entry.sha256)
 
     async def extra_info(self, snap: Snapshot) -> dict[str, Any] | None:
         """Upstream repo-info fields to merge into ours (pull-through keeps the Hub's metadata)."""
@@ -205,18 +179,3 @@ class LocalReader:
             return self._card(e.sha256)
 
         return await self._run(run)  # type: ignore[no-any-return]
-
-
-def parse_card(data: bytes) -> dict[str, Any] | None:
-    """The YAML front matter of a README (model/dataset card metadata), if any."""
-    text = data.decode("utf-8", "replace")
-    if not text.startswith("---"):
-        return None
-    end = text.find("\n---", 3)
-    if end < 0:
-        return None
-    try:
-        meta = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return None
-    return meta if isinstance(meta, dict) else None

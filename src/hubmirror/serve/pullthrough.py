@@ -1,5 +1,6 @@
-"""ProxyReader: the local reader, falling through to the upstream for repos that are neither
-hosted here nor declared mirrors (and that the rules allow).
+"""PullThrough: a layer over the local reader that falls through to the upstream for repos that
+are neither hosted here nor declared mirrors (and that the rules allow). It holds the reader it
+wraps; everything it does not answer itself goes to that reader.
 
 * A revision is resolved upstream (one repo-info call) and the commit's listing recorded in the
   catalog, so every API answer is then served like a mirrored repo's. Anything addressed by a
@@ -37,11 +38,12 @@ from ..errors import (
 from ..hub import HubClient
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha
-from ..reader import BlobSource, FileHit, LocalReader, Snapshot
-from ..store import BlobStore
-from .fill import TAINTED, Filler, FillReader
-from .journal import Taint
-from .rules import Rules
+from ..proxy.fill import TAINTED, Filler, FillReader
+from ..proxy.journal import Taint
+from ..proxy.rules import Rules
+from .base import FileHit, Snapshot
+from .local import LocalReader
+from .stream import Body, FillBody, StoredBody
 
 log = logging.getLogger("hubmirror.proxy")
 
@@ -57,11 +59,10 @@ class Unavailable(UpstreamUnavailable):
     """A miss that cannot be filled: the upstream is unreachable and nothing is cached."""
 
 
-class ProxyReader(LocalReader):
+class PullThrough:
     def __init__(
         self,
-        catalog: Catalog,
-        store: BlobStore,
+        local: LocalReader,
         client: HubClient,
         filler: Filler,
         *,
@@ -72,7 +73,10 @@ class ProxyReader(LocalReader):
         negative_ttl: float,
         allow_gated: bool,
     ) -> None:
-        super().__init__(catalog, store)
+        self.local = local
+        self.catalog: Catalog = local.catalog
+        self.store = local.store
+        self._run = local._run
         self.client = client
         self.filler = filler
         self.rules = rules
@@ -81,7 +85,7 @@ class ProxyReader(LocalReader):
         self.branch_ttl = branch_ttl
         self.negative_ttl = negative_ttl
         self.allow_gated = allow_gated
-        self.ref_ttl = min(self.ref_ttl, branch_ttl)
+        local.ref_ttl = min(local.ref_ttl, branch_ttl)
         self._checked: dict[tuple[int, str], float] = {}
         self._negative: dict[tuple[RepoRef, str], tuple[HubMirrorError, float]] = {}
         self._inflight: SingleFlight[tuple[RepoRef, str], tuple[RepoRow, str, str | None]] = SingleFlight()
@@ -192,15 +196,15 @@ class ProxyReader(LocalReader):
     # -- Reader API -------------------------------------------------------------------------
 
     async def file(self, ref: RepoRef, revision: str, path: str) -> FileHit:
-        cached = self._cached_file(ref, revision, path)
+        cached = self.local._cached_file(ref, revision, path)
         if cached is not None:
             return cached
         repo, commit, stale = await self._ensure(ref, revision)
-        hit: FileHit = await self._run(self._file_at, repo, commit, revision, path)
+        hit: FileHit = await self._run(self.local._file_at, repo, commit, revision, path)
         if stale:
             return FileHit(hit.repo, hit.commit, hit.entry, stale)
         if hit.entry.sha256 is not None:
-            self._remember(hit, revision)  # for 1 s, well inside branch_ttl
+            self.local._remember(hit, revision)  # for 1 s, well inside branch_ttl
         return hit
 
     async def snapshot(self, ref: RepoRef, revision: str) -> Snapshot:
@@ -211,12 +215,12 @@ class ProxyReader(LocalReader):
 
     async def open_blob(
         self, hit: FileHit, *, head: bool, start: int = 0, alive: Callable[[], bool] | None = None
-    ) -> BlobSource:
+    ) -> Body:
         """Where to read `hit`'s bytes from. `start`: the first byte the client asked for (a Range;
         past 0 it may be resuming); `alive`: is the client still there (while it waits)."""
         e = hit.entry
         if head or hit.repo.origin != "proxy":
-            return BlobSource(e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
+            return StoredBody(self.store, e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
         keep = self.cache_rules.allows(hit.repo.ref)
         trigger = "range" if start > 0 else "full"
         for _ in range(4):
@@ -234,10 +238,10 @@ class ProxyReader(LocalReader):
                 return await self._resume(hit, taints, start, stored=info is not None, keep=keep, alive=alive)
             if info is not None:
                 self._access[e.sha256 or ""] = (e.size, True, utcnow())
-                return BlobSource(e.sha256)
+                return StoredBody(self.store, e.sha256)
             handle = self.filler.join_active(e)
             if handle is not None:
-                return BlobSource(None, handle)
+                return FillBody(handle, f"{hit.repo.ref}/{e.path}")
             if self.offline:
                 raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
             joined = await self.filler.join(hit.repo.ref, hit.commit, e, keep=keep, trigger=trigger, start=start)
@@ -245,11 +249,11 @@ class ProxyReader(LocalReader):
                 continue  # a fill of it failed meanwhile: decide again
             if joined is None:  # a fill published it a moment ago
                 continue
-            return BlobSource(None, joined)
+            return FillBody(joined, f"{hit.repo.ref}/{e.path}")
         raise UpstreamUnavailable(f"{hit.repo.ref}/{e.path}: its fills keep failing; try again later")
 
     async def _resume(self, hit: FileHit, taints: list[Taint], start: int, *, stored: bool, keep: bool,
-                      alive: Callable[[], bool] | None) -> BlobSource:
+                      alive: Callable[[], bool] | None) -> Body:
         """A failed fill sent bytes of this blob that nobody verified: a resume onto them is answered
         only from a verified copy that proves them right (fetched first if needed; nothing is sent
         meanwhile), else refused."""
@@ -261,7 +265,7 @@ class ProxyReader(LocalReader):
         if stored and e.sha256 is not None:
             if await self.filler.prove_stored(e, e.sha256, taints, start):
                 self.filler.stats.resumes_proven += 1
-                return BlobSource(e.sha256)
+                return StoredBody(self.store, e.sha256)
             self.filler.stats.resumes_refused += 1
             raise refused
         if self.offline:
@@ -284,7 +288,7 @@ class ProxyReader(LocalReader):
             if fill.error is None and fill.verified and fill.sha256 is not None and joined.fd is not None and (
                     not left or await self.filler.prove_spool(e, fill.sha256, left, start, joined.fd)):
                 self.filler.stats.resumes_proven += 1
-                return BlobSource(None, joined)  # streamed from the verified spool
+                return FillBody(joined, f"{hit.repo.ref}/{e.path}")  # streamed from the verified spool
         except BaseException:
             joined.release()
             raise
@@ -295,7 +299,7 @@ class ProxyReader(LocalReader):
     async def refs(self, ref: RepoRef) -> dict[str, str]:
         repo = await self._run(self.catalog.get_repo, ref)
         if repo is not None and repo.origin != "proxy":
-            return await super().refs(ref)
+            return await self.local.refs(ref)
         if not self.rules.allows(ref):
             raise RepoNotFound(f"Repository not found: {ref} is not allowed for pull-through here")
 
@@ -307,7 +311,7 @@ class ProxyReader(LocalReader):
 
     async def commits(self, snap: Snapshot) -> list[Commit]:
         if snap.repo.origin != "proxy":
-            return await super().commits(snap)
+            return await self.local.commits(snap)
 
         async def fetch() -> bytes:
             cs = await self.client.commits(snap.repo.ref, snap.commit.sha)
@@ -342,6 +346,29 @@ class ProxyReader(LocalReader):
                                f"reached ({e.message})") from None
         await self._run(self.catalog.api_cache_put, key, body, None)
         return body
+
+    # -- answered by the local reader (the listing was recorded when the revision was resolved) --
+
+    async def pick_route(self, candidates: list[RepoRef]) -> RepoRef:
+        return await self.local.pick_route(candidates)
+
+    async def files(self, snap: Snapshot) -> list[Entry]:
+        return await self.local.files(snap)
+
+    async def tree(self, snap: Snapshot, path: str, *, recursive: bool, after: str | None, limit: int) -> list[Entry]:
+        return await self.local.tree(snap, path, recursive=recursive, after=after, limit=limit)
+
+    async def paths_info(self, snap: Snapshot, paths: list[str]) -> list[Entry]:
+        return await self.local.paths_info(snap, paths)
+
+    async def commit_infos(self, repo: RepoRow, shas: list[str]) -> dict[str, Commit]:
+        return await self.local.commit_infos(repo, shas)
+
+    async def card(self, snap: Snapshot) -> dict[str, Any] | None:
+        return await self.local.card(snap)
+
+    def forget(self, ref: RepoRef | None = None) -> None:
+        self.local.forget(ref)
 
     # -- LRU bookkeeping --------------------------------------------------------------------
 
