@@ -120,7 +120,7 @@ def test_check_update_of_repos_not_followed_is_not_found_and_costs_the_upstream_
         for repo, sha in secrets.items():
             for query in ("", "?revision=main", f"?revision={sha}", "?revision=HEAD"):
                 r = check(s, repo, query)
-                assert r.status == 404, (repo, query, r)
+                assert r.status == 401, (repo, query, r)  # RepoNotFound, to a client without a token
                 assert r.headers["x-error-code"] == "RepoNotFound", (repo, query, r)
                 assert is_json_error(r)
                 text = everything(r)
@@ -129,9 +129,9 @@ def test_check_update_of_repos_not_followed_is_not_found_and_costs_the_upstream_
                 assert "lastModified" not in text and "upstream_last_modified" not in text
                 assert "files_changed" not in text
         r = check(s, "acme/ds", repo_type="datasets")
-        assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound" and ds not in everything(r)
+        assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound" and ds not in everything(r)
         r = check(s, "acme/never-anywhere")
-        assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound"
+        assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound"
         assert hub.calls == []
         # the hosted repo is still served, from here
         assert raw(s.url, "GET", "/acme/hosted/resolve/main/config.json").body == b'{"hosted": 1}'
@@ -158,7 +158,7 @@ def test_check_update_of_a_pulled_through_repo_the_rules_now_deny(hub: FakeHub, 
     try:
         for query in ("", "?revision=main", f"?revision={c1}"):
             r = check(s, "acme/pulled", query)
-            assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound", (query, r)
+            assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound", (query, r)
             assert c2 not in everything(r)
         assert hub.calls == [], hub.calls
         # a pulled-through repo the rules still allow is asked about, as before
@@ -224,7 +224,7 @@ def test_check_update_with_pull_through_disabled(hub: FakeHub, tmp_path: Path) -
             assert doc["stale"] and r.headers.get("x-hubmirror-stale"), doc
             assert doc["upstream_commit"] == p1 and doc["update_available"] is False, doc
         else:
-            assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound", r
+            assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound", r
         assert hub.calls == [], hub.calls
         # a synced repo (origin mirror) still is asked about
         r = check(s, "acme/synced")
@@ -360,7 +360,7 @@ def test_check_update_of_a_repo_that_became_private_or_gated_leaks_nothing(hub: 
         for repo, sha in new.items():
             for query in ("", "?revision=main"):
                 r = check(s, repo, query)
-                assert r.status == 404 and r.headers.get("x-error-code") == "RepoNotFound", (repo, r)
+                assert r.status == 401 and r.headers.get("x-error-code") == "RepoNotFound", (repo, r)
                 assert is_json_error(r)
                 text = everything(r)
                 assert sha not in text, (repo, text)

@@ -92,7 +92,7 @@ def test_encoded_unicode_and_special_characters_in_paths(server: Server, fixture
 
 def test_error_codes(server: Server, fixture_data: Fixture) -> None:
     r = raw(server.url, "HEAD", "/acme/nope/resolve/main/config.json")
-    assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound"
+    assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound"
     r = raw(server.url, "GET", "/acme/nope/resolve/main/config.json")
     assert r.json()["error"].startswith("Repository not found")
     r = raw(server.url, "GET", f"{TINY}/nope/config.json")
@@ -175,8 +175,12 @@ def test_commits_pagination_and_whoami(server: Server, fixture_data: Fixture) ->
     assert r.json()[0]["message"] == "second version\n\nwith a body"
     assert r.headers["x-total-count"] == "2"
     assert raw(server.url, "GET", "/api/whoami-v2").status == 401
+    # a Hugging Face token grants nothing here (the request counts as anonymous); a malformed one is refused
+    assert raw(server.url, "GET", "/api/whoami-v2", {"Authorization": "Bearer hf_" + "a" * 34}).status == 401
+    w = raw(server.url, "GET", "/api/models/acme/tiny/revision/main", {"Authorization": "Bearer hf_" + "a" * 34})
+    assert w.status == 200
     w = raw(server.url, "GET", "/api/whoami-v2", {"Authorization": "Bearer hf_x"})
-    assert w.status == 200 and w.json()["name"]
+    assert w.status == 401 and w.json()["error"] == "Invalid credentials in Authorization header"
 
 
 def test_single_segment_repo_ids(server: Server, fixture_data: Fixture) -> None:

@@ -97,8 +97,9 @@ def test_cold_warm_and_upstream_stopped_with_the_real_client(hub: FakeHub, tmp_p
         assert h.status == 200 and h.headers["x-repo-commit"] == c1
         # the branch answer came from the last known commit (the branch TTL may still hold it)
         r = raw(s.url, "GET", "/acme/never-seen/resolve/main/config.json")
-        assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound"
-        assert "cannot be reached" in r.json()["error"]
+        assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound"
+        # a missing repo answers like a forbidden one ("Repository not found"); why goes to the log
+        assert r.json()["error"] == "Repository not found" and "cannot be reached" in s.log.read_text()
         up = urlsplit(hub.url)
         assert f"{up.hostname}:{up.port}" not in r.body.decode() + str(r.headers)  # never names the upstream
         sound(tmp_path / "d")
@@ -214,7 +215,8 @@ def test_rules_allow_deny_regex_case_insensitive_and_cache_rules(hub: FakeHub, t
         assert raw(s.url, "GET", "/acme/ok/resolve/main/config.json").body == b"acme/ok"
         for repo in ("Secret-Org/model", "other/x"):
             r = raw(s.url, "GET", f"/{repo}/resolve/main/config.json")
-            assert r.headers["x-error-code"] == "RepoNotFound" and "not allowed" in r.json()["error"]
+            assert r.headers["x-error-code"] == "RepoNotFound" and r.json()["error"] == "Repository not found"
+        assert "not allowed" in s.log.read_text()
         before = set(stored_blobs(tmp_path / "d"))
         assert get_raw_body(s.url, "/acme/nocache/resolve/main/w.bin")[2]
         assert set(stored_blobs(tmp_path / "d")) == before  # streamed through, not kept
@@ -233,12 +235,12 @@ def test_negative_caching_and_errors_that_are_not_cached(hub: FakeHub, tmp_path:
         hub.commit("acme/flaky", {"config.json": b"{}"})
         hub.fault("status", "/api/models/acme/flaky/revision/main", times=2, status=500)
         r = raw(s.url, "GET", "/acme/flaky/resolve/main/config.json")
-        assert r.status == 404 and r.headers["x-error-code"] == "RepoNotFound"  # nothing cached, upstream erroring
+        assert r.status == 401 and r.headers["x-error-code"] == "RepoNotFound"  # nothing cached, upstream erroring
         assert raw(s.url, "GET", "/acme/flaky/resolve/main/config.json").status == 200  # the 500 was not cached
         hub.fault("status", "/api/models/acme/limited/*", times=2,
                   status=429, headers={"Retry-After": "0"})
         hub.commit("acme/limited", {"config.json": b"{}"})
-        assert raw(s.url, "GET", "/acme/limited/resolve/main/config.json").status == 404
+        assert raw(s.url, "GET", "/acme/limited/resolve/main/config.json").status == 401  # RepoNotFound, anonymous
         assert raw(s.url, "GET", "/acme/limited/resolve/main/config.json").status == 200
     finally:
         s.stop()

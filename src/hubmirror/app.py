@@ -22,16 +22,20 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api.http import ProxyTrust, error_response, header_safe, json_response
-from .api.hub import HubApi
+from .api.auth import Authenticator
+from .api.gate import Gate
+from .api.http import ProxyTrust, error_response, header_safe, json_response, redact
+from .api.hub import PRINCIPAL, HubApi
 from .api.mirror import MirrorApi
 from .catalog import Catalog
 from .config import Settings
-from .errors import ConfigError, HubMirrorError
+from .coord.limits import Bandwidth, MemoryRateCounters
+from .errors import ConfigError, HubMirrorError, RepoNotFound
 from .hub import CircuitBreaker, HubClient, Shared
 from .proxy import Filler, Rules
 from .proxy.journal import recover_crashed_fills
 from .serve import LocalReader, PullThrough, Reader
+from .serve.policy import Policy
 from .store import LocalBlobStore
 from .sync.check import UpdateChecker
 from .sync.engine import Syncer
@@ -82,7 +86,7 @@ class AccessLog(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        path = request.raw_path
+        path = redact(request.raw_path)
         ua = request.headers.get("User-Agent", "-")
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %s %.6fs "%s"',
@@ -123,6 +127,17 @@ class MalformedRequests(logging.Filter):
         record.exc_text = None
         self._last, self._since = now, 0
         return True
+
+
+async def _every(seconds: float, fn: Callable[[], Awaitable[None]], what: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await fn()
+        except HubMirrorError as e:  # e.g. a full disk: dropped, serving goes on
+            log.warning("could not record %s: %s", what, e.message)
+        except Exception:
+            log.exception("could not record %s", what)
 
 
 class Metrics:
@@ -252,7 +267,11 @@ def build_app(services: Services) -> web.Application:
     secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
     trust = ProxyTrust(s.trusted_proxies)
     AccessLog.trust = trust
-    api = HubApi(reader, public_url=s.public_url, trust=trust, mirror_api=MirrorApi(mirrors, checker, secret))
+    policy = Policy.from_settings(s.access)
+    auth = Authenticator(services.catalog, trust)
+    gate = Gate(s.access, s.limits, auth, MemoryRateCounters(max_keys=s.limits.max_keys), Bandwidth())
+    api = HubApi(reader, local, policy, public_url=s.public_url, trust=trust,
+                 mirror_api=MirrorApi(mirrors, checker, secret))
     metrics = Metrics()
     metrics.watch_upstream(shared.breaker, client, proxy_client)
     metrics.watch_catalog(services.catalog)
@@ -265,7 +284,10 @@ def build_app(services: Services) -> web.Application:
         try:
             resp = await handler(request)
         except HubMirrorError as e:
-            resp = error_response(e)
+            who = request.get(PRINCIPAL)
+            if isinstance(e, RepoNotFound):
+                log.info("%s %s: %s", request.method, redact(request.raw_path[:300]), e.message)
+            resp = error_response(e, anonymous=who is None or who.anonymous)
         except web.HTTPException as e:
             if e.status < 400:
                 raise
@@ -277,7 +299,7 @@ def build_app(services: Services) -> web.Application:
             # the client went away (mid-body or mid-answer): nothing to tell it, nothing to log
             resp = web.Response(status=499)
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.raw_path[:300])
+            log.exception("internal error on %s %s", request.method, redact(request.raw_path[:300]))
             resp = json_response({"error": "internal server error"}, status=500)
         metrics.requests.labels(request.method, str(resp.status)).inc()
         metrics.latency.labels(request.method).observe(time.perf_counter() - t0)
@@ -291,7 +313,14 @@ def build_app(services: Services) -> web.Application:
     async def metrics_view(request: web.Request) -> web.StreamResponse:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+    @web.middleware
+    async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamResponse:
+        who = await gate.admit(request)  # 403 (address), 401 (token), 429 (limits)
+        if who is not None:
+            request[PRINCIPAL] = who
+        return await handler(request)
+
+    app = web.Application(middlewares=[errors, gatekeeper], client_max_size=64 * 1024 * 1024)
     app["services"] = services
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_view)
@@ -305,6 +334,7 @@ def build_app(services: Services) -> web.Application:
         mirrors.start()
         if proxy is not None:
             background.append(asyncio.create_task(proxy.run_flusher()))
+        background.append(asyncio.create_task(_every(30.0, auth.flush_usage, "token usage")))
 
     async def close(_app: web.Application) -> None:
         for t in background:

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -29,8 +29,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .coord.limits import parse_bandwidth, parse_rate
 from .errors import ConfigError
 from .hub import HubClient, Limits, Shared
+from .model.access import validate_subject
 from .model.mirror import MirrorSpec
 
 
@@ -74,14 +76,90 @@ class ProxySettings(BaseModel):
     @field_validator("allow", "deny", "cache_allow", "cache_deny")
     @classmethod
     def _patterns(cls, v: list[str]) -> list[str]:
-        for pat in v:
-            if pat.startswith("re:"):
-                try:
-                    re.compile(pat[3:])
-                except re.error as e:
-                    raise ValueError(f"invalid regex {pat!r}: {e}") from None
-            elif not pat:
-                raise ValueError("empty pattern")
+        return _check_patterns(v)
+
+
+def _check_patterns(v: list[str]) -> list[str]:
+    for pat in v:
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as e:
+                raise ValueError(f"invalid regex {pat!r}: {e}") from None
+        elif not pat:
+            raise ValueError("empty pattern")
+    return v
+
+
+def _check_networks(v: list[str]) -> list[str]:
+    for net in v:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"invalid address or CIDR {net!r} (e.g. 10.0.0.0/8, 127.0.0.1, ::1)") from None
+    return v
+
+
+class AccessRule(BaseModel):
+    """Who may read and write the repos its patterns match (first matching rule wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repos: list[str] = Field(min_length=1, description="patterns like the proxy rules: acme/*, datasets/acme/*, re:...")
+    read: list[str] = Field(default_factory=list, description="anyone, authenticated, user:NAME, group:NAME")
+    write: list[str] = Field(default_factory=list)
+
+    @field_validator("repos")
+    @classmethod
+    def _repos(cls, v: list[str]) -> list[str]:
+        return _check_patterns(v)
+
+    @field_validator("read", "write")
+    @classmethod
+    def _subjects(cls, v: list[str]) -> list[str]:
+        return [validate_subject(x) for x in v]
+
+
+class AccessSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anonymous: Literal["read", "none"] = Field("read", description="what clients without a token get")
+    rules: list[AccessRule] = Field(default_factory=list)
+    allow_ips: list[str] = Field(default_factory=list, description="CIDRs that may connect at all (empty: any)")
+    admin_allow_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+                                       description="CIDRs that may use the admin API")
+
+    @field_validator("allow_ips", "admin_allow_ips")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        return _check_networks(v)
+
+
+class LimitSettings(BaseModel):
+    """Per token (or per client address, for requests without a token)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api: str | None = Field(None, description='API calls, e.g. "1000/5m"')
+    resolvers: str | None = Field(None, description='file requests (resolve HEAD/GET), e.g. "3000/5m"')
+    anonymous_api: str | None = Field(None, description="for clients without a token (default: api)")
+    anonymous_resolvers: str | None = Field(None, description="for clients without a token (default: resolvers)")
+    bandwidth: str | None = Field(None, description='bytes per second for all connections of one token, "50MiB/s"')
+    connection_bandwidth: str | None = Field(None, description="bytes per second for one connection")
+    max_keys: int = Field(100_000, ge=1000, description="tokens and addresses counted at once, at most")
+
+    @field_validator("api", "resolvers", "anonymous_api", "anonymous_resolvers")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rate(v)
+        return v
+
+    @field_validator("bandwidth", "connection_bandwidth")
+    @classmethod
+    def _bw(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_bandwidth(v)
         return v
 
 
@@ -124,6 +202,8 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="X-Webhook-Secret for POST /api/hooks/hub")
 
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("upstream")
     @classmethod
@@ -141,12 +221,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"invalid address or CIDR {net!r} (e.g. 10.0.0.0/8, 127.0.0.1, ::1)") from None
-        return v
+        return _check_networks(v)
 
     @field_validator("trust_forwarded_headers")
     @classmethod

@@ -17,7 +17,8 @@ HubMirrorError
 ├── ResumeRefused                409  a resume onto bytes a failed fill sent unverified
 ├── Forbidden                    403  e.g. webhooks without a configured secret
 ├── InsufficientStorage          507  no disk space for a pull-through fill
-├── Unauthorized                 401
+├── Unauthorized                 401  a token that is malformed, unknown, revoked or expired
+├── RateLimited                  429  with the Hub's RateLimit, RateLimit-Policy, Retry-After
 ├── GatedRepo                    401/403 X-Error-Code: GatedRepo
 ├── UpstreamError                502  the upstream answered something unusable
 │   ├── UpstreamBadBody               a body of the wrong length (worth fetching again)
@@ -118,6 +119,15 @@ class InsufficientStorage(HubMirrorError):
 class Unauthorized(HubMirrorError):
     status = 401
     code = "Unauthorized"
+
+
+class RateLimited(HubMirrorError):
+    status = 429
+    code = None
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 class GatedRepo(HubMirrorError):

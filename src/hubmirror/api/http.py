@@ -17,6 +17,7 @@ from ..errors import (
     EntryNotFound,
     HubMirrorError,
     InvalidInput,
+    RepoNotFound,
 )
 
 EXPOSE = (
@@ -36,13 +37,29 @@ def header_safe(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii").replace("\r", "\\r").replace("\n", "\\n")
 
 
-def error_response(err: HubMirrorError) -> web.Response:
-    headers = {"X-Error-Message": header_safe(err.message)}
+REPO_NOT_FOUND = "Repository not found"
+
+
+def error_response(err: HubMirrorError, *, anonymous: bool = True) -> web.Response:
+    """The Hub's error answer. A missing repo and one the client may not read answer alike: the
+    same body, 401 without a token and 404 with one (the reason only goes to the log)."""
+    message, status = err.message, err.status
+    if isinstance(err, RepoNotFound):
+        message, status = REPO_NOT_FOUND, (401 if anonymous else 404)
+    headers = {"X-Error-Message": header_safe(message), **getattr(err, "headers", {})}
     if err.code:
         headers["X-Error-Code"] = err.code
     if isinstance(err, EntryNotFound) and err.commit:
         headers["X-Repo-Commit"] = err.commit
-    return json_response({"error": err.message}, status=err.status, headers=headers)
+    return json_response({"error": message}, status=status, headers=headers)
+
+
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*", re.IGNORECASE)
+
+
+def redact(target: str) -> str:
+    """A request target fit for a log line: a `?token=` value is never written anywhere."""
+    return _TOKEN_PARAM.sub(r"\1***", target)
 
 
 _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import html
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -12,9 +13,11 @@ import orjson
 from aiohttp import web
 
 from ..errors import InvalidInput, NotFound, Unauthorized
+from ..model.access import ANONYMOUS, Principal, Role
 from ..model.entries import Entry, hub_time
 from ..model.names import RepoType, validate_path
-from ..serve import Reader, Snapshot
+from ..serve import LocalReader, Reader, Snapshot
+from ..serve.policy import Guarded, Policy
 from ..serve.stream import conditional_answer, requested_start
 from .http import (
     EXPOSE,
@@ -28,6 +31,9 @@ from .http import (
 )
 from .routing import Route, parse_api, parse_file
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+GUARDED = web.RequestKey("guarded", Guarded)
+
 TREE_PAGE = 1000
 TREE_PAGE_EXPANDED = 50
 COMMITS_PAGE = 50
@@ -36,14 +42,25 @@ MAX_PATHS_INFO = 1000
 
 class HubApi:
     def __init__(
-        self, reader: Reader, *, public_url: str | None, trust: ProxyTrust, mirror_api: Any = None
+        self, reader: Reader, local: LocalReader, policy: Policy, *, public_url: str | None, trust: ProxyTrust,
+        mirror_api: Any = None,
     ) -> None:
         self.reader = reader
+        self.local = local
+        self.policy = policy
         self.mirror_api = mirror_api
         self.public_url = public_url
         self.trust = trust
 
     # -- dispatch ---------------------------------------------------------------------------
+
+    def guarded(self, request: web.Request) -> Guarded:
+        """This request's reader: the policy asked first, for the principal the gate found."""
+        g = request.get(GUARDED)
+        if g is None:
+            g = Guarded(self.reader, self.local, self.policy, request.get(PRINCIPAL) or ANONYMOUS)
+            request[GUARDED] = g
+        return g
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         raw = raw_path(request)
@@ -56,14 +73,14 @@ class HubApi:
         if "resolve" in segs:
             routes = parse_file(segs)
             if routes:
-                route = await self._pick(routes)
+                route = await self._pick(request, routes)
                 return await self.resolve(request, route)
         raise NotFound(f"no such route: {raw[:200]}")
 
-    async def _pick(self, routes: list[Route]) -> Route:
+    async def _pick(self, request: web.Request, routes: list[Route]) -> Route:
         if len(routes) == 1:
             return routes[0]
-        chosen = await self.reader.pick_route([r.repo for r in routes])
+        chosen = await self.guarded(request).pick_route([r.repo for r in routes])
         return next(r for r in routes if r.repo == chosen)
 
     async def _api(self, request: web.Request, segs: list[str], method: str) -> web.StreamResponse:
@@ -72,9 +89,9 @@ class HubApi:
         if segs == ["agent-harnesses"]:
             return json_response({"standardEnvVars": [], "harnesses": {}})
         if segs and segs[0] in ("hooks", "mirror") and self.mirror_api is not None:
-            return await self.mirror_api.dispatch(request, segs)  # type: ignore[no-any-return]
+            return await self.mirror_api.dispatch(request, segs, self.guarded(request))  # type: ignore[no-any-return]
         if len(segs) >= 2 and segs[0] in ("models", "datasets", "spaces"):
-            route = await self._pick(parse_api(segs[1:], RepoType.parse(segs[0])))
+            route = await self._pick(request, parse_api(segs[1:], RepoType.parse(segs[0])))
             handler = {
                 ("GET", "info"): self.info,
                 ("HEAD", "info"): self.info,
@@ -94,7 +111,7 @@ class HubApi:
 
     async def resolve(self, request: web.Request, route: Route) -> web.StreamResponse:
         assert route.revision is not None
-        hit = await self.reader.file(route.repo, route.revision, route.path)
+        hit = await self.guarded(request).file(route.repo, route.revision, route.path)
         e = hit.entry
         etag = e.etag()
         headers = {
@@ -120,21 +137,21 @@ class HubApi:
         def alive() -> bool:
             return request.transport is not None and not request.transport.is_closing()
 
-        body = await self.reader.open_blob(hit, head=request.method == "HEAD",
+        body = await self.guarded(request).open_blob(hit, head=request.method == "HEAD",
                                            start=requested_start(request, e.size, etag), alive=alive)
         return await body.send(request, e.size, headers, etag)
 
     # -- repo info --------------------------------------------------------------------------
 
     async def info(self, request: web.Request, route: Route) -> web.StreamResponse:
-        snap = await self.reader.snapshot(route.repo, route.revision or "main")
+        snap = await self.guarded(request).snapshot(route.repo, route.revision or "main")
         q = request.rel_url.query
         expand = q.getall("expand", []) + q.getall("expand[]", [])
         blobs = q.get("blobs", "").lower() in ("1", "true")
-        files = await self.reader.files(snap)
-        card = await self.reader.card(snap)
+        files = await self.guarded(request).files(snap)
+        card = await self.guarded(request).card(snap)
         data = self._info_json(snap, files, card, blobs)
-        extra = await self.reader.extra_info(snap)
+        extra = await self.guarded(request).extra_info(snap)
         if extra:
             data.update({k: v for k, v in extra.items() if k not in ("id", "sha", "siblings")})
         if expand:
@@ -192,21 +209,23 @@ class HubApi:
         if "limit" in q:
             limit = max(1, min(limit, _int(q["limit"], "limit")))
         after = _decode_cursor(q["cursor"]) if q.get("cursor") else None
-        snap = await self.reader.snapshot(route.repo, route.revision)
-        entries = await self.reader.tree(snap, route.path, recursive=recursive, after=after, limit=limit + 1)
+        snap = await self.guarded(request).snapshot(route.repo, route.revision)
+        entries = await self.guarded(request).tree(snap, route.path, recursive=recursive, after=after, limit=limit + 1)
         headers = {**_snap_headers(snap), "Access-Control-Expose-Headers": EXPOSE}
         if len(entries) > limit:
             entries = entries[:limit]
-            params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "cursor"]
+            params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k not in ("cursor", "token")]
             params.append(("cursor", _encode_cursor(entries[-1].path)))
             base = base_url(request, self.public_url, self.trust)
             headers["Link"] = f'<{base}{raw_path(request)}?{urlencode(params)}>; rel="next"'
-        return json_response(await self._entries_json(snap, entries, expand), headers=headers)
+        return json_response(await self._entries_json(request, snap, entries, expand), headers=headers)
 
-    async def _entries_json(self, snap: Snapshot, entries: list[Entry], expand: bool) -> list[dict[str, Any]]:
+    async def _entries_json(
+        self, request: web.Request, snap: Snapshot, entries: list[Entry], expand: bool
+    ) -> list[dict[str, Any]]:
         if not expand:
             return [e.to_hub() for e in entries]
-        commits = await self.reader.commit_infos(snap.repo, [e.last_commit for e in entries if e.last_commit])
+        commits = await self.guarded(request).commit_infos(snap.repo, [e.last_commit for e in entries if e.last_commit])
         out = []
         for e in entries:
             c = commits.get(e.last_commit or "")
@@ -242,12 +261,12 @@ class HubApi:
             if not isinstance(p, str):
                 raise InvalidInput(f"invalid path {p!r}: not a string")
             clean.append(validate_path(p))
-        snap = await self.reader.snapshot(route.repo, route.revision)
-        entries = await self.reader.paths_info(snap, clean)
-        return json_response(await self._entries_json(snap, entries, expand), headers={"X-Repo-Commit": snap.commit.sha})
+        snap = await self.guarded(request).snapshot(route.repo, route.revision)
+        entries = await self.guarded(request).paths_info(snap, clean)
+        return json_response(await self._entries_json(request, snap, entries, expand), headers={"X-Repo-Commit": snap.commit.sha})
 
     async def refs(self, request: web.Request, route: Route) -> web.StreamResponse:
-        refs = await self.reader.refs(route.repo)
+        refs = await self.guarded(request).refs(route.repo)
         out: dict[str, list[dict[str, str]]] = {"branches": [], "converts": [], "tags": []}
         include_prs = _flag(request.rel_url.query.get("include_prs"))
         if include_prs:
@@ -268,8 +287,8 @@ class HubApi:
         q = request.rel_url.query
         page = _int(q.get("p", "0"), "p")
         formatted = "formatted" in (q.getall("expand[]", []) + q.getall("expand", []))
-        snap = await self.reader.snapshot(route.repo, route.revision)
-        log = await self.reader.commits(snap)
+        snap = await self.guarded(request).snapshot(route.repo, route.revision)
+        log = await self.guarded(request).commits(snap)
         chunk = log[page * COMMITS_PAGE : (page + 1) * COMMITS_PAGE]
         items = []
         for c in chunk:
@@ -279,31 +298,33 @@ class HubApi:
             items.append(d)
         headers = {"X-Total-Count": str(len(log)), "Access-Control-Expose-Headers": EXPOSE}
         if (page + 1) * COMMITS_PAGE < len(log):
-            params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k != "p"]
+            params = [(k, v) for k, v in parse_qsl(request.rel_url.raw_query_string) if k not in ("p", "token")]
             params.append(("p", str(page + 1)))
             base = base_url(request, self.public_url, self.trust)
             headers["Link"] = f'<{base}{raw_path(request)}?{urlencode(params)}>; rel="next"'
         return json_response(items, headers=headers)
 
     async def auth_check(self, request: web.Request, route: Route) -> web.StreamResponse:
-        await self.reader.refs(route.repo)  # RepoNotFound if absent
+        await self.guarded(request).refs(route.repo)  # RepoNotFound if absent
         return json_response({})
 
     async def xet_read_token(self, request: web.Request, route: Route) -> web.StreamResponse:
         raise NotFound("this mirror does not serve Xet; download over HTTP (no Xet hints are advertised)")
 
     def whoami(self, request: web.Request) -> web.StreamResponse:
-        if not request.headers.get("Authorization", "").startswith("Bearer "):
-            raise Unauthorized("Invalid credentials in Authorization header")
-        # Access control is not configured: every token is an anonymous reader.
+        who: Principal = request.get(PRINCIPAL) or ANONYMOUS
+        if who.anonymous:
+            raise Unauthorized("Invalid user token.")
         return json_response(
             {
                 "type": "user",
-                "id": "0" * 24,
-                "name": "anonymous",
-                "fullname": "anonymous (hubmirror has no access control configured)",
-                "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "hubmirror", "role": "read"}},
+                "id": hashlib.sha256(f"user:{who.user}".encode()).hexdigest()[:24],
+                "name": who.user,
+                "fullname": who.user,
+                "isPro": False,
+                "orgs": [{"type": "org", "name": g, "fullname": g, "roleInOrg": "read"} for g in sorted(who.groups)],
+                "auth": {"type": "access_token",
+                         "accessToken": {"displayName": who.token, "role": (who.role or Role.READ).value}},
             }
         )
 

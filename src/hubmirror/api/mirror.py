@@ -24,8 +24,8 @@ class MirrorApi:
         self.checker = checker
         self.secret = webhook_secret
 
-    async def dispatch(self, request: web.Request, segs: list[str]) -> web.StreamResponse:
-        """segs: raw segments after /api/."""
+    async def dispatch(self, request: web.Request, segs: list[str], reader: Any) -> web.StreamResponse:
+        """segs: raw segments after /api/; `reader`: this request's guarded reader (policy first)."""
         if segs == ["hooks", "hub"]:
             if request.method != "POST":
                 raise web.HTTPMethodNotAllowed(request.method, ["POST"])
@@ -44,6 +44,7 @@ class MirrorApi:
             rev = validate_revision(revs[0] if revs else "main")
             if rev == "HEAD":
                 rev = "main"
+            await reader.authorize(ref)  # the same check as every read, before anything is looked up
             answer, stale = await self.checker.check(ref, rev)
             return json_response(answer, headers={"X-HubMirror-Stale": header_safe(stale)} if stale else None)
         raise NotFound(f"no such API route: /api/{'/'.join(segs)[:200]}")

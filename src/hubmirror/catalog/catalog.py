@@ -20,6 +20,7 @@ from ..errors import Conflict, InsufficientStorage, RevisionNotFound
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, RepoType, is_commit_sha
 from . import schema as t
+from .access import AccessQueries
 from .lifecycle import LifecycleQueries
 from .mirrors import MirrorQueries
 from .proxy import ProxyQueries
@@ -63,7 +64,7 @@ def branch_ref(name: str) -> str:
     return name if name.startswith("refs/") else f"refs/heads/{name}"
 
 
-class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries):
+class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
     def __init__(self, url: str) -> None:
         self.url = url
         is_sqlite = url.startswith("sqlite")

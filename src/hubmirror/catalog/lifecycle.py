@@ -60,25 +60,43 @@ class LifecycleQueries:
 
     # -- audit ------------------------------------------------------------------------------
 
-    def audit(self, action: str, ref: RepoRef | None, **detail: Any) -> None:
+    def audit(self, action: str, ref: RepoRef | None, *, actor: str | None = None, client: str | None = None,
+              **detail: Any) -> None:
+        """Record an action. `actor` names who did it (`cli:alice`, `user:bob (token ci)`), `client` where
+        from (`local`, an address). Callers never put a token, hash or secret in `detail`."""
         with self.engine.begin() as c:
             c.execute(sa.insert(t.audit_log).values(
                 at=utcnow(), action=action, repo_type=ref.repo_type.value if ref else None,
-                repo_id=ref.repo_id if ref else None, detail=json.dumps(detail, default=str)))
+                repo_id=ref.repo_id if ref else None, detail=json.dumps(detail, default=str),
+                actor=actor[:200] if actor is not None else None, client=client[:100] if client is not None else None))
 
-    def audit_events(self, ref: RepoRef | None = None, action: str | None = None) -> list[dict[str, Any]]:
-        q = sa.select(t.audit_log).order_by(t.audit_log.c.id)
+    def audit_events(self, ref: RepoRef | None = None, action: str | None = None, since: datetime | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit entries, oldest first: those of `ref`, of `action`, at or after `since` (naive UTC, or
+        aware), and with `limit` only the newest `limit` of them."""
+        q = sa.select(t.audit_log)
         if ref is not None:
             q = q.where(t.audit_log.c.repo_type == ref.repo_type.value, t.audit_log.c.repo_id == ref.repo_id)
         if action is not None:
             q = q.where(t.audit_log.c.action == action)
+        if since is not None:
+            if since.tzinfo is not None:
+                since = since.astimezone(timezone.utc).replace(tzinfo=None)
+            q = q.where(t.audit_log.c.at >= since)
+        if limit is not None:
+            q = q.order_by(t.audit_log.c.id.desc()).limit(max(limit, 0))
+        else:
+            q = q.order_by(t.audit_log.c.id)
         with self.engine.connect() as c:
-            out = []
-            for r in c.execute(q).all():
-                d = dict(r._mapping)
-                d["detail"] = json.loads(d["detail"] or "{}")
-                out.append(d)
-            return out
+            rows = list(c.execute(q).all())
+        if limit is not None:
+            rows.reverse()
+        out = []
+        for r in rows:
+            d = dict(r._mapping)
+            d["detail"] = json.loads(d["detail"] or "{}")
+            out.append(d)
+        return out
 
     # -- upstream gone ----------------------------------------------------------------------
 

@@ -197,3 +197,43 @@ unverified_fills = sa.Table(
     sa.Column("spool", sa.String(200), nullable=True),  # the partial file's name, to hash it after a crash
     sa.Index("ix_unverified_fills_key", "key"),
 )
+
+# 0006: users, groups and tokens; who did what in the audit log
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("name", name="uq_users_name"),
+)
+
+group_members = sa.Table(
+    "group_members",
+    metadata,
+    sa.Column("user", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("group", sa.String(64), primary_key=True),
+    sa.Index("ix_group_members_group", "group"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("user", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),  # sha256 hex of the token; the token itself is never stored
+    sa.Column("role", sa.String(8), nullable=False),  # read | write | admin
+    sa.Column("repos", sa.Text, nullable=True),  # JSON list of repo patterns the token is limited to; NULL: none
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=True),
+    sa.Column("revoked_at", sa.DateTime, nullable=True),
+    sa.Column("last_used_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("name", name="uq_tokens_name"),
+    sa.UniqueConstraint("hash", name="uq_tokens_hash"),
+    sa.Index("ix_tokens_user", "user"),
+)
+
+audit_log.append_column(sa.Column("actor", sa.String(200), nullable=True))  # e.g. cli:alice, user:bob (token ci)
+audit_log.append_column(sa.Column("client", sa.String(100), nullable=True))  # local, or the client's address
+audit_at_index = sa.Index("ix_audit_at", audit_log.c.at)

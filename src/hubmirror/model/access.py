@@ -24,9 +24,9 @@ class Role(str, Enum):
 
 
 TOKEN_PREFIX = "hm_"
-_TOKEN_RE = re.compile(r"^hm_[A-Za-z0-9_-]{43}$")  # 32 random bytes, base64url without padding
-_FOREIGN_RE = re.compile(r"^(hf|api_org)_[A-Za-z0-9]{10,200}$")  # a Hugging Face token: not ours
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TOKEN_RE = re.compile(r"^hm_[A-Za-z0-9_-]{43}\Z")  # 32 random bytes, base64url without padding
+_FOREIGN_RE = re.compile(r"^(hf|api_org)_[A-Za-z0-9]{10,200}\Z")  # a Hugging Face token: not ours
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def new_token() -> str:
@@ -81,7 +81,7 @@ class Principal:
 
 
 ANONYMOUS = Principal()
-SUBJECT_RE = re.compile(r"^(anyone|authenticated|user:[A-Za-z0-9][A-Za-z0-9._-]{0,63}|group:[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+SUBJECT_RE = re.compile(r"^(anyone|authenticated|user:[A-Za-z0-9][A-Za-z0-9._-]{0,63}|group:[A-Za-z0-9][A-Za-z0-9._-]{0,63})\Z")
 
 
 def validate_subject(subject: str) -> str:

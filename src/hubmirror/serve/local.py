@@ -33,14 +33,30 @@ class LocalReader:
         self._repos: dict[RepoRef, RepoRow] = {}
         self._revs: dict[tuple[int, str], tuple[str, float]] = {}
         self._entries: OrderedDict[tuple[int, str, str], Entry] = OrderedDict()
+        self._rows: dict[RepoRef, tuple[RepoRow | None, float]] = {}
         self.ref_ttl = REF_TTL
+
+    async def repo_row(self, ref: RepoRef) -> RepoRow | None:
+        """The catalog's row of a repo (None if absent), reused for REF_TTL: its private and gated
+        flags may be changed by another process."""
+        hit = self._rows.get(ref)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        row: RepoRow | None = await self._run(self.catalog.get_repo, ref)
+        if len(self._rows) > 100_000:
+            self._rows.clear()
+        self._rows[ref] = (row, now + REF_TTL)
+        return row
 
     def forget(self, ref: RepoRef | None = None) -> None:
         """Drop cached lookups (after this process moved refs or removed a repo)."""
         if ref is None:
             self._repos.clear()
+            self._rows.clear()
         else:
             self._repos.pop(ref, None)
+            self._rows.pop(ref, None)
         self._revs.clear()
         self._entries.clear()
 

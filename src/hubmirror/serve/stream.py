@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..coord.limits import Pacer
 from ..errors import (
     DigestMismatch,
     HubMirrorError,
@@ -26,6 +27,8 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..store import BlobStore
+
+PACER = web.RequestKey("pacer", Pacer)  # set by the gate for clients with a bandwidth limit
 
 
 class Body:
@@ -202,8 +205,17 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, 
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
+        pacer = request.get(PACER)
         try:
-            await loop.sendfile(transport, fh, start, count)
+            if pacer is None:
+                await loop.sendfile(transport, fh, start, count)  # unlimited: one zero-copy call
+            else:
+                pos, left = start, count
+                while left > 0:  # a bandwidth limit: zero-copy still, a paced chunk at a time
+                    n = min(left, pacer.chunk_size)
+                    await pacer.take(n)
+                    await loop.sendfile(transport, fh, pos, n)
+                    pos, left = pos + n, left - n
         except NotImplementedError:
             fh.seek(start)
             left = count
@@ -307,7 +319,8 @@ async def _stream_fill(
         avail = min(fill.written, limit)
         if avail > pos:
             _check_client(request)
-            count = min(avail - pos, CHUNK)
+            pacer = request.get(PACER)
+            count = min(avail - pos, CHUNK if pacer is None else min(CHUNK, pacer.chunk_size))
             if not fill.bytes_ok:
                 fill.sent_unverified = True
                 fill.sent_end = max(fill.sent_end, pos + count)
@@ -331,6 +344,9 @@ async def _send_chunk(request: web.Request, resp: web.StreamResponse, loop: asyn
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("the client went away")
+    pacer = request.get(PACER)
+    if pacer is not None:
+        await pacer.take(count)  # before the idle clock: a paced wait is not a stalled client
     try:
         async with asyncio.timeout(SEND_IDLE):
             try:

@@ -36,7 +36,6 @@ from ..hub import HubClient
 from ..model.names import RepoRef, is_commit_sha
 from .engine import matches
 
-
 MAX_LISTINGS = 1000  # upstream listings kept for check-update (oldest dropped first)
 
 
