@@ -181,13 +181,15 @@ def test_revoke(data: Path) -> None:
     p = hm(data, "token", "revoke", "nope", "--json")
     assert p.returncode == 1
     failed = json.loads(p.stdout)
-    assert set(failed) == {"status", "error"} and failed["status"] == "failed" and "no token named 'nope'" in failed["error"]
+    assert set(failed) == {"status", "error"} and failed["status"] == "failed"
+    assert "no token named 'nope'" in failed["error"]
 
 
 def test_removing_a_user_removes_its_tokens(data: Path) -> None:
     ok(data, "user", "add", "dave", "--group", "ml")
     ok(data, "user", "add", "erin", "--group", "ml")
-    toks = [json.loads(ok(data, "token", "create", n, "--user", "dave", "--json").stdout)["token"] for n in ("d1", "d2")]
+    toks = [json.loads(ok(data, "token", "create", n, "--user", "dave", "--json").stdout)["token"]
+            for n in ("d1", "d2")]
     keep = json.loads(ok(data, "token", "create", "e1", "--user", "erin", "--json").stdout)["token"]
     p = ok(data, "user", "remove", "dave", "--json")
     assert json.loads(p.stdout) == {"status": "removed", "name": "dave", "tokens_deleted": ["d1", "d2"]}
@@ -224,7 +226,8 @@ def test_expiry_is_stored_and_durations_are_checked(data: Path) -> None:
     finally:
         cat.close()
 
-    bad = ["0d", "5x", "", " ", "-1d", "1.5d", "d", "90", "90 days", "99999999999d", "36700000d", "1d2h", "9" * 12 + "s"]
+    bad = ["0d", "5x", "", " ", "-1d", "1.5d", "d", "90", "90 days", "99999999999d", "36700000d", "1d2h",
+           "9" * 12 + "s", "90D", "１d"]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda v: hm(data, "token", "create", "tbad", "--user", "frank", "--expires", v), bad))
         since = list(pool.map(lambda v: hm(data, "audit", "--since", v), bad[:4]))
@@ -256,6 +259,12 @@ def test_duplicates_are_refused(data: Path) -> None:
     ok(data, "user", "group", "gina", "--add", "ml")
     p = ok(data, "user", "group", "gina", "--add", "ml", "--remove", "nothere")
     assert "already a member" in p.stdout and "not a member" in p.stdout
+    # one bad group name changes nothing, and saying nothing to change is an error
+    p = hm(data, "user", "group", "gina", "--add", "fine", "--add", "../x")
+    assert p.returncode == 2 and "invalid group name '../x'" in p.stderr
+    p = hm(data, "user", "group", "gina")
+    assert p.returncode == 2 and "nothing to change" in p.stderr
+    assert [u["groups"] for u in js(data, "user", "list") if u["name"] == "gina"] == [["ml"]]  # type: ignore
     cat = catalog(data)
     try:
         assert len(cat.audit_events(action="group-add")) == 1 and not cat.audit_events(action="group-remove")
@@ -263,8 +272,8 @@ def test_duplicates_are_refused(data: Path) -> None:
         cat.close()
 
 
-HOSTILE = ["../x", "", "a" * 65, "abc\n", "abc\r\n", "a b", "a\x01b", "a\tb", "a\nb", "a\x7fb", "ünïcode", "名前", "x/y", ".hidden", "_x",
-           "a;rm -rf", "a'b", "a\u202eb", "a\u200bb"]
+HOSTILE = ["../x", "", "a" * 65, "abc\n", "abc\r\n", "a b", "a\x01b", "a\tb", "a\nb", "a\x7fb", "ünïcode", "名前",
+           "x/y", ".hidden", "_x", "a;rm -rf", "a'b", "a\u202eb", "a\u200bb", "ａｂｃ"]
 
 
 def test_hostile_names_are_clear_errors(data: Path) -> None:

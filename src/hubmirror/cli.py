@@ -119,10 +119,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
 @click.option("--skip-links", is_flag=True,
               help="Skip symlinks that leave FOLDER, dangle, or point to a directory (a warning names "
                    "each) instead of refusing the import.")
+@click.option("--private/--public", "private", default=None,
+              help="Make the repo private (readable only by the users and groups an access rule names) or "
+                   "public again; unchanged if neither is given.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def import_(ctx: click.Context, repo_id: str, folder: Path, repo_type: str, revision: str,
-            message: str | None, data: Path | None, skip_links: bool, as_json: bool) -> None:
+            message: str | None, data: Path | None, skip_links: bool, private: bool | None, as_json: bool) -> None:
     """Commit FOLDER as a new commit on a branch of REPO_ID (created if needed).
 
     A symlink is followed only to a file inside FOLDER; any other symlink is refused
@@ -142,7 +145,7 @@ def import_(ctx: click.Context, repo_id: str, folder: Path, repo_type: str, revi
             res = import_folder(services.catalog, services.store, ref, folder, branch=revision, message=message,
                                 progress=bar.update, total=lambda n: setattr(bar, "total", n),
                                 data_dir=services.settings.data, skip_links=skip_links,
-                                warn=lambda m: tqdm.write(f"warning: {m}", file=sys.stderr))
+                                warn=lambda m: tqdm.write(f"warning: {m}", file=sys.stderr), private=private)
     except HubMirrorError as e:
         if not as_json:
             raise  # _Group prints "error: ..." and exits
@@ -508,7 +511,7 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
 
 
 def main() -> None:
-    from . import cli_history  # noqa: F401  (registers its commands)
+    from . import cli_access, cli_history  # noqa: F401  (register their commands)
 
     cli(obj={})
 

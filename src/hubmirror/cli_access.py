@@ -11,7 +11,8 @@ import click
 from .cli import _config_option, _settings, cli, json_failures
 
 DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (a failure too: {\"status\": \"failed\", ...}).")
+JSON = click.option("--json", "as_json", is_flag=True,
+                    help='Print JSON; a failure too, as {"status": "failed", "error": ...}.')
 
 
 def _catalog(ctx: click.Context, data: Path | None) -> Any:
@@ -115,20 +116,11 @@ def user_remove(ctx: click.Context, name: str, data: Path | None, as_json: bool)
 @json_failures
 def user_group(ctx: click.Context, name: str, add: tuple[str, ...], remove: tuple[str, ...], data: Path | None,
                as_json: bool) -> None:
-    """Change the groups of user NAME."""
+    """Change the groups of user NAME (every name is checked before anything changes)."""
     from . import ops
-    from .errors import InvalidInput
 
-    if not add and not remove:
-        raise InvalidInput("say what to change: --add GROUP and/or --remove GROUP")
-    catalog, actor = _catalog(ctx, data), _actor()
-    changes = []
-    for g in add:
-        done = ops.add_to_group(catalog, actor, name, g)
-        changes.append({"group": g, "change": "added" if done else "already a member"})
-    for g in remove:
-        done = ops.remove_from_group(catalog, actor, name, g)
-        changes.append({"group": g, "change": "removed" if done else "not a member"})
+    catalog = _catalog(ctx, data)
+    changes = ops.change_groups(catalog, _actor(), name, add, remove)
     row = catalog.get_user(name)
     groups = list(row.groups) if row else []
     if as_json:

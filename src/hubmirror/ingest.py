@@ -288,8 +288,11 @@ def import_folder(
     data_dir: Path | None = None,
     skip_links: bool = False,
     warn: Callable[[str], None] | None = None,
+    private: bool | None = None,
 ) -> ImportResult:
-    """Commit `folder` on `branch`; see scan_folder for which files, links and skips."""
+    """Commit `folder` on `branch`; see scan_folder for which files, links and skips. `private`:
+    True makes the repo readable only by users and groups an access rule names, False public
+    again, None leaves it as it is."""
     validate_branch(branch)
     folder = Path(folder)
     files = scan_folder(folder, skip_links=skip_links, warn=warn)
@@ -317,7 +320,12 @@ def import_folder(
     try:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
             results = list(pool.map(one, files))
-        return _record(catalog, ref, folder, branch, message, author, results)
+        res = _record(catalog, ref, folder, branch, message, author, results)
+        if private is not None:
+            repo = catalog.get_repo(ref)
+            if repo is not None:
+                catalog.set_visibility(repo, private=private, gated=repo.gated)
+        return res
     finally:
         if gc_lock:
             gc_lock.release()

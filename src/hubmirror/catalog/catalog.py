@@ -145,6 +145,17 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         assert row is not None
         return row
 
+    def set_visibility(self, repo: RepoRow, *, private: bool, gated: str | None) -> RepoRow:
+        """A hosted repo made private, or an upstream repo found private or gated: from now on
+        only the users and groups a rule names may read it."""
+        if repo.private == private and repo.gated == gated:
+            return repo
+        with self.engine.begin() as c:
+            c.execute(sa.update(t.repos).where(t.repos.c.id == repo.pk).values(private=private, gated=gated))
+        row = self.get_repo(repo.ref)
+        assert row is not None
+        return row
+
     def set_origin(self, repo: RepoRow, origin: str) -> RepoRow:
         with self.engine.begin() as c:
             c.execute(sa.update(t.repos).where(t.repos.c.id == repo.pk).values(origin=origin))

@@ -88,3 +88,10 @@ def validate_subject(subject: str) -> str:
     if not isinstance(subject, str) or not SUBJECT_RE.match(subject):
         raise ValueError(f"invalid subject {str(subject)[:80]!r}: use anyone, authenticated, user:NAME or group:NAME")
     return subject
+
+
+def upstream_gated(v: object) -> str | None:
+    """The Hub's `gated` field (false, "auto" or "manual") as the catalog keeps it."""
+    if not v:
+        return None
+    return v[:16] if isinstance(v, str) else "true"

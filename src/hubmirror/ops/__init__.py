@@ -16,6 +16,7 @@ from .tokens import (
 from .users import (
     add_to_group,
     add_user,
+    change_groups,
     list_groups,
     list_users,
     remove_from_group,
@@ -28,6 +29,7 @@ __all__ = [
     "NewToken",
     "add_to_group",
     "add_user",
+    "change_groups",
     "create_token",
     "list_events",
     "list_groups",

@@ -8,7 +8,7 @@ from datetime import timedelta
 from ..catalog.access import quoted
 from ..errors import InvalidInput
 
-_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_DURATION = timedelta(days=100 * 366)
 

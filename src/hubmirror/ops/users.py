@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..catalog import Catalog
-from ..catalog.access import UserRow
+from ..catalog.access import UserRow, valid_name
+from ..errors import InvalidInput, NotFound
 from .actor import Actor
 from .timefmt import iso
 
@@ -44,6 +45,25 @@ def remove_from_group(catalog: Catalog, actor: Actor, user: str, group: str) -> 
     if removed:
         catalog.audit("group-remove", None, actor=actor.name, client=actor.client, user=user, group=group)
     return removed
+
+
+def change_groups(catalog: Catalog, actor: Actor, user: str, add: Iterable[str] = (),
+                  remove: Iterable[str] = ()) -> list[dict[str, str]]:
+    """Put `user` in the groups `add` and out of those in `remove`, after checking every name and
+    that the user exists (a bad name changes nothing). One {group, change} per group named:
+    change is added, already a member, removed or not a member."""
+    add, remove = list(add), list(remove)
+    if not add and not remove:
+        raise InvalidInput("nothing to change: name a group to add the user to (--add) or remove it from (--remove)")
+    for g in (*add, *remove):
+        valid_name(g, "group")
+    if catalog.get_user(valid_name(user, "user")) is None:
+        raise NotFound(f"no user named {user!r} (hubmirror user list shows them)")
+    out = [{"group": g, "change": "added" if add_to_group(catalog, actor, user, g) else "already a member"}
+           for g in add]
+    out += [{"group": g, "change": "removed" if remove_from_group(catalog, actor, user, g) else "not a member"}
+            for g in remove]
+    return out
 
 
 def list_groups(catalog: Catalog) -> dict[str, list[str]]:

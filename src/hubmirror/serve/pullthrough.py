@@ -15,6 +15,7 @@ wraps; everything it does not answer itself goes to that reader.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..hub import HubClient
+from ..model.access import upstream_gated
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha
 from ..proxy.fill import TAINTED, Filler, FillReader
@@ -139,6 +141,8 @@ class PullThrough:
             repo = await self._run(self.catalog.ensure_repo, ref, "proxy")
             if repo.origin != "proxy":  # became hosted or mirrored meanwhile
                 return repo, await self._run(self.catalog.resolve, repo, revision), None
+            repo = await self._run(functools.partial(self.catalog.set_visibility, repo,
+                                                     private=bool(info.get("private")), gated=upstream_gated(info.get("gated"))))
             await self._run(self._record, repo, sha, info, listing, refname)
         elif refname is not None:
             current = (await self._run(self.catalog.refs, repo)).get(refname)

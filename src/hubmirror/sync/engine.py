@@ -39,6 +39,7 @@ from ..errors import (
 )
 from ..hub import HubClient
 from ..locks import GcLock, RepoLock
+from ..model.access import upstream_gated
 from ..model.entries import Commit, Entry
 from ..model.mirror import MirrorSpec, is_pattern
 from ..model.names import RepoRef, is_commit_sha
@@ -256,11 +257,14 @@ class Syncer:
         *, move: bool = True,
     ) -> None:
         ref = spec.ref
-        if not spec.allow_gated:
-            info = await self.client.repo_info(ref, commit)
-            if info.get("private") or info.get("gated"):
+        info = await self.client.repo_info(ref, commit)
+        if info.get("private") or info.get("gated"):
+            if not spec.allow_gated:
                 raise GatedRepo(f"{ref} is private or gated upstream: mirroring it would serve it to anyone who "
                                 f"can reach this mirror; set allow_gated = true on this mirror to do so anyway")
+        # only the users and groups an access rule names may read a private or gated upstream repo
+        await asyncio.to_thread(self.catalog.set_visibility, repo, private=bool(info.get("private")),
+                                gated=upstream_gated(info.get("gated")))
         listing = await self.client.tree(ref, commit)
         files = [e for e in listing if e.is_file and matches(e.path, spec.include, spec.exclude)]
         keep_dirs = {"/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)}
