@@ -25,7 +25,7 @@ from hubmirror.model.names import RepoRef, RepoType
 
 # the commands register on `cli` when cli_access is imported (cli.main imports it); importing it
 # here too keeps these tests independent of that line
-_ENTRY = "import hubmirror.cli_access; from hubmirror.cli import main; main()"
+_ENTRY = "from hubmirror.cli import main; main()"
 
 
 def hm(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

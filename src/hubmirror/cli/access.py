@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import _config_option, _settings, cli, json_failures
+from .base import _config_option, _settings, cli, json_failures
 
 DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
 JSON = click.option("--json", "as_json", is_flag=True,
@@ -17,8 +17,8 @@ JSON = click.option("--json", "as_json", is_flag=True,
 
 def _catalog(ctx: click.Context, data: Path | None) -> Any:
     """The catalog alone: these commands touch no blob, so the store is neither opened nor swept."""
-    from .catalog import Catalog
-    from .errors import ConfigError
+    from ..catalog import Catalog
+    from ..errors import ConfigError
 
     s = _settings(ctx, data=data)
     if s.database_url is None:
@@ -32,7 +32,7 @@ def _catalog(ctx: click.Context, data: Path | None) -> Any:
 
 
 def _actor() -> Any:
-    from .ops import Actor
+    from ..ops import Actor
 
     return Actor.local()
 
@@ -60,7 +60,7 @@ def user() -> None:
 @json_failures
 def user_add(ctx: click.Context, name: str, groups: tuple[str, ...], data: Path | None, as_json: bool) -> None:
     """Create user NAME (1-64 of A-Z a-z 0-9 . _ -)."""
-    from . import ops
+    from .. import ops
 
     row = ops.add_user(_catalog(ctx, data), _actor(), name, groups)
     if as_json:
@@ -77,7 +77,7 @@ def user_add(ctx: click.Context, name: str, groups: tuple[str, ...], data: Path 
 @json_failures
 def user_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
     """List users with their groups."""
-    from . import ops
+    from .. import ops
 
     rows = [ops.user_json(u) for u in ops.list_users(_catalog(ctx, data))]
     if as_json:
@@ -96,7 +96,7 @@ def user_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
 @json_failures
 def user_remove(ctx: click.Context, name: str, data: Path | None, as_json: bool) -> None:
     """Remove user NAME, its group memberships and its tokens (which stop working at once)."""
-    from . import ops
+    from .. import ops
 
     tokens = ops.remove_user(_catalog(ctx, data), _actor(), name)
     if as_json:
@@ -117,7 +117,7 @@ def user_remove(ctx: click.Context, name: str, data: Path | None, as_json: bool)
 def user_group(ctx: click.Context, name: str, add: tuple[str, ...], remove: tuple[str, ...], data: Path | None,
                as_json: bool) -> None:
     """Change the groups of user NAME (every name is checked before anything changes)."""
-    from . import ops
+    from .. import ops
 
     catalog = _catalog(ctx, data)
     changes = ops.change_groups(catalog, _actor(), name, add, remove)
@@ -157,7 +157,7 @@ def token_create(ctx: click.Context, name: str, user: str, role: str, expires: s
     """Create token NAME for a user and print it, once: it is stored only as a hash, and nothing can
     show it again. The token alone goes to stdout (TOKEN=$(hubmirror token create ...)); with --json,
     it is the "token" of the object printed."""
-    from . import ops
+    from .. import ops
 
     lifetime = ops.parse_duration(expires, "--expires") if expires is not None else None
     new = ops.create_token(_catalog(ctx, data), _actor(), name, user, role, lifetime, list(repos) or None)
@@ -182,7 +182,7 @@ def token_create(ctx: click.Context, name: str, user: str, role: str, expires: s
 def token_list(ctx: click.Context, user: str | None, data: Path | None, as_json: bool) -> None:
     """List tokens: name, user, role, state (active, expired, revoked), created, expires, revoked,
     last used, repos. Never the token or its hash: nothing stored can show them."""
-    from . import ops
+    from .. import ops
 
     rows = [ops.token_json(t) for t in ops.list_tokens(_catalog(ctx, data), user)]
     if as_json:
@@ -206,7 +206,7 @@ def token_list(ctx: click.Context, user: str | None, data: Path | None, as_json:
 @json_failures
 def token_revoke(ctx: click.Context, name: str, data: Path | None, as_json: bool) -> None:
     """Revoke token NAME: it stops working at once (the row stays, for the record)."""
-    from . import ops
+    from .. import ops
 
     row, changed = ops.revoke_token(_catalog(ctx, data), _actor(), name)
     info = ops.token_json(row)
@@ -231,7 +231,7 @@ def token_revoke(ctx: click.Context, name: str, data: Path | None, as_json: bool
 @json_failures
 def audit(ctx: click.Context, since: str | None, limit: int, data: Path | None, as_json: bool) -> None:
     """The audit log, oldest first: time, action, actor, client, repo, detail."""
-    from . import ops
+    from .. import ops
 
     window = ops.parse_duration(since, "--since") if since is not None else None
     events = ops.list_events(_catalog(ctx, data), window, limit)

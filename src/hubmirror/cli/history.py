@@ -11,20 +11,20 @@ from typing import Any
 
 import click
 
-from .cli import REPO_TYPES, _config_option, _settings, cli
-from .errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound
+from .base import REPO_TYPES, _config_option, _settings, cli
 
 DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
 
 
 def _services(ctx: click.Context, **overrides: Any) -> Any:
-    from .app import open_services
+    from ..app import open_services
 
     return open_services(_settings(ctx, **overrides))
 
 
 def _specs(args: tuple[str, ...], repo_type: str, *, need_rev: bool) -> list[tuple[Any, str | None]]:
-    from .model.names import parse_repo_at_rev
+    from ..model.names import parse_repo_at_rev
 
     out = []
     for a in args:
@@ -52,7 +52,7 @@ def _bar(desc: str, disable: bool) -> Any:
 def pin(ctx: click.Context, spec: str, repo_type: str, note: str, data: Path | None, upstream: str | None) -> None:
     """Pin a revision's commit: it is never evicted or garbage-collected, and every file of it
     is fetched now if the store lacks any (so it outlives the upstream)."""
-    from .sync.engine import Syncer
+    from ..sync.engine import Syncer
 
     s = _settings(ctx, data=data, upstream=upstream)
     services = _services(ctx, data=data, upstream=upstream)
@@ -119,7 +119,7 @@ def pins(ctx: click.Context, data: Path | None, as_json: bool) -> None:
 @click.pass_context
 def lock(ctx: click.Context, specs: tuple[str, ...], repo_type: str, output: Path, data: Path | None) -> None:
     """Write a TOML lock file: for each repo its type, revision, commit, and every file's path, size and sha256."""
-    from .lifecycle import lockfile
+    from ..lifecycle import lockfile
 
     services = _services(ctx, data=data)
     repos = lockfile.build(services.catalog, [(r, v or "main") for r, v in _specs(specs, repo_type, need_rev=True)])
@@ -140,7 +140,7 @@ def lock(ctx: click.Context, specs: tuple[str, ...], repo_type: str, output: Pat
 def verify(lock_file: Path, path: Path, hf_cache: bool, only: str | None, as_json: bool) -> None:
     """Check a download (snapshot, local_dir, or an HF cache with --hf-cache) against a lock file.
     Lists missing, modified and extra files; exits 1 on any drift."""
-    from .lifecycle import lockfile
+    from ..lifecycle import lockfile
 
     repos = lockfile.load(lock_file)
     if only:
@@ -178,7 +178,7 @@ def verify(lock_file: Path, path: Path, hf_cache: bool, only: str | None, as_jso
 def gc(ctx: click.Context, data: Path | None, dry_run: bool, as_json: bool) -> None:
     """Apply retention (keep_last/keep_tags per mirror, pins, refs) and delete unreferenced blobs.
     Safe while syncs, imports and pull-through fills run."""
-    from .lifecycle.gc import gc as run_gc
+    from ..lifecycle.gc import gc as run_gc
 
     s = _settings(ctx, data=data)
     services = _services(ctx, data=data)
@@ -204,7 +204,7 @@ def gc(ctx: click.Context, data: Path | None, dry_run: bool, as_json: bool) -> N
 def export(ctx: click.Context, specs: tuple[str, ...], repo_type: str, output: Path | None, hf_cache: Path | None,
            data: Path | None) -> None:
     """Export repos (all their refs, or REV) for an air-gapped site: a verified tar bundle, or an HF cache."""
-    from .lifecycle import bundle
+    from ..lifecycle import bundle
 
     if (output is None) == (hf_cache is None):
         raise InvalidInput("give exactly one of -o FILE (a bundle) or --hf-cache DIR")
@@ -247,8 +247,8 @@ def import_bundle(ctx: click.Context, file: Path, data: Path | None, max_bytes: 
     recorded and no blob is left behind. Exits 2 for a refused bundle, 1 for other failures."""
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
-    from .errors import HubMirrorError
-    from .lifecycle import bundle
+    from ..errors import HubMirrorError
+    from ..lifecycle import bundle
 
     def size(flag: str, value: str) -> int:
         try:
@@ -289,8 +289,8 @@ def import_bundle(ctx: click.Context, file: Path, data: Path | None, max_bytes: 
 @click.pass_context
 def purge(ctx: click.Context, repo_id: str, repo_type: str, reason: str, yes: bool, data: Path | None) -> None:
     """Remove a repo and the blobs no other repo uses, irrecoverably (with an audit-log entry)."""
-    from .lifecycle.gc import purge as run_purge
-    from .model.names import RepoRef
+    from ..lifecycle.gc import purge as run_purge
+    from ..model.names import RepoRef
 
     ref = RepoRef.parse(repo_id, repo_type)
     if not yes and not click.confirm(f"Irrecoverably delete {ref} and its files?", default=False):
@@ -315,7 +315,7 @@ def scrub(ctx: click.Context, data: Path | None, rate: str, repair: bool, upstre
     Exits 1 when corruption was found that could not be repaired, or when a size disagrees."""
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
-    from .lifecycle.scrub import scrub as run_scrub
+    from ..lifecycle.scrub import scrub as run_scrub
 
     try:
         bps = float(TypeAdapter(ByteSize).validate_python(rate))

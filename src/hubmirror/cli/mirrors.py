@@ -1,0 +1,178 @@
+"""Declared mirrors and their status: `mirror add|remove|freeze|list`, `status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import HubMirrorError
+from .base import REPO_TYPES, _config_option, _settings, cli
+from .repos import _mirror_spec
+
+
+@cli.group()
+def mirror() -> None:
+    """Declare repos the server keeps in sync (stored in the catalog; [[mirrors]] in the config file too)."""
+
+
+@mirror.command("add")
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--revision", "revisions", multiple=True, help="Branch, tag or glob (v*); repeatable [default: main].")
+@click.option("--include", multiple=True, help="Only files matching this glob; repeatable.")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob; repeatable.")
+@click.option("--schedule", default="1h", show_default=True, help="Interval (30m, 6h, 1d) or cron expression.")
+@click.option("--disabled", is_flag=True, help="Declare it but do not sync it yet.")
+@click.option("--allow-gated", is_flag=True, help="Allow a private or gated upstream repo (served to anyone).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.pass_context
+def mirror_add(ctx: click.Context, repo_id: str, repo_type: str, revisions: tuple[str, ...], include: tuple[str, ...],
+               exclude: tuple[str, ...], schedule: str, disabled: bool, allow_gated: bool, data: Path | None) -> None:
+    """Declare (or update) a mirror of REPO_ID."""
+    from ..app import open_services
+
+    spec = _mirror_spec(repo_id, repo_type, revisions, include, exclude, schedule=schedule, enabled=not disabled,
+                        allow_gated=allow_gated)
+    services = open_services(_settings(ctx, data=data))
+    existing = services.catalog.get_mirror(spec.ref)
+    if existing is not None and existing.source == "config":
+        raise HubMirrorError(f"{spec.ref} is declared in the config file; change it there")
+    services.catalog.upsert_mirror(spec, "cli")
+    click.echo(f"mirror {spec.ref}: revisions {', '.join(spec.revisions)}, schedule {spec.schedule}"
+               f"{'' if spec.enabled else ' (disabled)'}")
+
+
+@mirror.command("remove")
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.pass_context
+def mirror_remove(ctx: click.Context, repo_id: str, repo_type: str, data: Path | None) -> None:
+    """Stop following REPO_ID. What was mirrored stays served."""
+    from ..app import open_services
+    from ..errors import NotFound
+    from ..model.names import RepoRef
+
+    ref = RepoRef.parse(repo_id, repo_type)
+    services = open_services(_settings(ctx, data=data))
+    existing = services.catalog.get_mirror(ref)
+    if existing is None:
+        raise NotFound(f"{ref} is not a declared mirror")
+    if existing.source == "config":
+        raise HubMirrorError(f"{ref} is declared in the config file; remove it there")
+    services.catalog.remove_mirror(ref)
+    click.echo(f"mirror {ref} removed (its content stays served)")
+
+
+@mirror.command("freeze")
+@_config_option
+@click.argument("repo_id")
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--undo", is_flag=True, help="Unfreeze: sync it again on its schedule.")
+@click.pass_context
+def mirror_freeze(ctx: click.Context, repo_id: str, repo_type: str, data: Path | None, undo: bool) -> None:
+    """Freeze a declared mirror: no more syncs, everything mirrored stays served."""
+    from ..app import open_services
+    from ..errors import NotFound
+    from ..model.names import RepoRef
+
+    ref = RepoRef.parse(repo_id, repo_type)
+    services = open_services(_settings(ctx, data=data))
+    m = services.catalog.get_mirror(ref)
+    if m is None:
+        raise NotFound(f"{ref} is not a declared mirror")
+    if m.source == "config":
+        raise HubMirrorError(f"{ref} is declared in the config file; set frozen = {str(not undo).lower()} there")
+    services.catalog.upsert_mirror(m.spec.model_copy(update={"frozen": not undo}), m.source)
+    services.catalog.audit("unfreeze" if undo else "freeze", ref)
+    click.echo(f"mirror {ref} {'unfrozen' if undo else 'frozen'}")
+
+
+@mirror.command("list")
+@_config_option
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
+    """List declared mirrors."""
+    from ..app import open_services
+
+    services = open_services(_settings(ctx, data=data))
+    rows = services.catalog.list_mirrors()
+    if as_json:
+        click.echo(json.dumps([{**m.spec.model_dump(mode="json"), "source": m.source} for m in rows]))
+        return
+    for m in rows:
+        sp = m.spec
+        filt = (f" include={','.join(sp.include)}" if sp.include else "") + (
+            f" exclude={','.join(sp.exclude)}" if sp.exclude else "")
+        click.echo(f"{sp.type.value:8} {sp.repo:40} {','.join(sp.revisions):16} {sp.schedule:12} "
+                   f"{'enabled' if sp.enabled else 'disabled':9} {m.source}{filt}")
+
+
+@cli.command()
+@_config_option
+@click.argument("repo_id", required=False)
+@click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path | None, as_json: bool) -> None:
+    """Each mirror: mirrored vs upstream commit, last and next sync, last error; with REPO_ID, its sync history."""
+    from ..app import open_services
+    from ..errors import NotFound
+    from ..model.names import RepoRef
+    from ..sync.service import describe
+
+    services = open_services(_settings(ctx, data=data))
+    cat = services.catalog
+    rows = cat.list_mirrors()
+    if repo_id:
+        ref = RepoRef.parse(repo_id, repo_type)
+        rows = [m for m in rows if m.spec.ref == ref]
+        if not rows and cat.get_repo(ref) is None:
+            raise NotFound(f"{ref} is neither a declared mirror nor a mirrored repo")
+    out = []
+    gone = cat.gone()
+    for m in rows:
+        repo = cat.get_repo(m.spec.ref)
+        d = describe(m, cat.refs(repo) if repo else {})
+        if repo is not None and repo.pk in gone:
+            d["gone_upstream_since"] = gone[repo.pk][0].isoformat() + "Z"
+        d["tags_repointed_upstream"] = [ev["detail"] for ev in cat.audit_events(m.spec.ref, "tag-repointed-upstream")]
+        if repo_id:
+            d["history"] = cat.runs(m.spec.ref)
+        out.append(d)
+    if repo_id and not rows:
+        ref = RepoRef.parse(repo_id, repo_type)
+        out.append({"repo_id": ref.repo_id, "repo_type": ref.repo_type.value, "declared": False,
+                    "history": cat.runs(ref)})
+    if as_json:
+        click.echo(json.dumps(out, default=str))
+        return
+    for d in out:
+        flags = ("" if d.get("enabled", True) else " (disabled)") + (" (FROZEN)" if d.get("frozen") else "")
+        if d.get("gone_upstream_since"):
+            flags += f" (GONE UPSTREAM since {d['gone_upstream_since']})"
+        click.echo(f"{d['repo_type']} {d['repo_id']}{flags}")
+        for ev in d.get("tags_repointed_upstream", []):
+            click.echo(f"  TAG RE-POINTED UPSTREAM: {ev['tag']} is {ev['upstream']} upstream; "
+                       f"kept at {ev['mirrored']} here (sync --retag to follow)")
+        for rev, st in (d.get("state") or {}).items():
+            mark = "up to date" if st["up_to_date"] else "UPDATE PENDING"
+            click.echo(f"  {rev}: mirrored {st['mirrored'] or '-'}  upstream {st['upstream']}  {mark}")
+        if "schedule" in d:
+            click.echo(f"  schedule {d['schedule']}; last check {d['last_check'] or '-'}; last sync "
+                       f"{d['last_sync'] or '-'}; next sync {d['next_sync'] or '-'}")
+        if d.get("last_error"):
+            click.echo(f"  last error: {d['last_error']}")
+        for run in d.get("history", []):
+            click.echo(f"  run {run['id']} {run['started_at']:%Y-%m-%d %H:%M:%S} {run['trigger']:8} {run['status']:10} "
+                       f"fetched {run['files_fetched']} files/{run['bytes_fetched']} B, reused {run['files_reused']} "
+                       f"files/{run['bytes_reused']} B, {run['upstream_calls']} calls"
+                       + (f", error: {run['error']}" if run["error"] else ""))
