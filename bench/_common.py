@@ -75,12 +75,14 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def curl_download(url: str, clients: int = 1) -> tuple[float, int]:
+def curl_download(url: str, clients: int = 1, headers: dict[str, str] | None = None) -> tuple[float, int]:
     """Download `url` with `clients` parallel curl processes; return (seconds, total bytes)."""
     curl = need("curl", "apt-get install -y curl")
+    extra = [x for k, v in (headers or {}).items() for x in ("-H", f"{k}: {v}")]
     t0 = time.perf_counter()
     procs = [
-        subprocess.Popen([curl, "-s", "-o", "/dev/null", "-w", "%{size_download}", url], stdout=subprocess.PIPE)
+        subprocess.Popen([curl, "-s", "-f", *extra, "-o", "/dev/null", "-w", "%{size_download}", url],
+                         stdout=subprocess.PIPE)
         for _ in range(clients)
     ]
     total = 0
@@ -92,11 +94,11 @@ def curl_download(url: str, clients: int = 1) -> tuple[float, int]:
     return time.perf_counter() - t0, total
 
 
-def best_throughput(url: str, clients: int, repeat: int = 3) -> float:
+def best_throughput(url: str, clients: int, repeat: int = 3, headers: dict[str, str] | None = None) -> float:
     """Best-of-N aggregate throughput in bytes/s (best-of filters out noise from other tenants)."""
     best = 0.0
     for _ in range(repeat):
-        secs, total = curl_download(url, clients)
+        secs, total = curl_download(url, clients, headers)
         best = max(best, total / secs)
     return best
 
@@ -124,13 +126,13 @@ def head_latencies(url: str, n: int = 2000) -> list[float]:
     return out
 
 
-def head_rps(url: str, concurrency: int = 16, seconds: float = 3.0) -> float:
+def head_rps(url: str, concurrency: int = 16, seconds: float = 3.0, headers: dict[str, str] | None = None) -> float:
     import aiohttp
 
     async def run() -> int:
         done = 0
         stop = time.monotonic() + seconds
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers) as s:
 
             async def worker() -> None:
                 nonlocal done

@@ -22,15 +22,23 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .api.admin import AdminApi, is_admin_path
 from .api.auth import Authenticator
 from .api.gate import Gate
-from .api.http import ProxyTrust, error_response, header_safe, json_response, redact
+from .api.http import (
+    ProxyTrust,
+    error_response,
+    header_safe,
+    json_response,
+    raw_path,
+    redact,
+)
 from .api.hub import PRINCIPAL, HubApi
 from .api.mirror import MirrorApi
 from .catalog import Catalog
 from .config import Settings
 from .coord.limits import Bandwidth, MemoryRateCounters
-from .errors import ConfigError, HubMirrorError, RepoNotFound
+from .errors import ConfigError, Forbidden, HubMirrorError, RepoNotFound, Unauthorized
 from .hub import CircuitBreaker, HubClient, Shared
 from .proxy import Filler, Rules
 from .proxy.journal import recover_crashed_fills
@@ -86,18 +94,25 @@ class AccessLog(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        path = redact(request.raw_path)
+        path = request.raw_path
+        if "token=" in path or "TOKEN=" in path or "Token=" in path:
+            path = redact(path)
         ua = request.headers.get("User-Agent", "-")
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %s %.6fs "%s"',
-            self.trust.client_address(request), request.method[:20], header_safe(path[:500]),
+            self.trust.client_address(request), request.method[:20], _printable(path[:500]),
             request.version.major, request.version.minor, response.status, response.body_length, time,
-            header_safe(ua[:200]),
+            _printable(ua[:200]),
         )
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+def _printable(text: str) -> str:
+    """As is when it is plain ASCII (nearly always: cheap), else escaped: one log line per request."""
+    return text if text.isascii() and text.isprintable() else header_safe(text)
 
 
 class MalformedRequests(logging.Filter):
@@ -270,8 +285,10 @@ def build_app(services: Services) -> web.Application:
     policy = Policy.from_settings(s.access)
     auth = Authenticator(services.catalog, trust)
     gate = Gate(s.access, s.limits, auth, MemoryRateCounters(max_keys=s.limits.max_keys), Bandwidth())
+    admin = AdminApi(services.catalog, services.store, s.data, auth=auth, admin_address=gate.admin_address,
+                     mirrors=mirrors, syncer=syncer, config_mirrors=s.mirrors)
     api = HubApi(reader, local, policy, public_url=s.public_url, trust=trust,
-                 mirror_api=MirrorApi(mirrors, checker, secret))
+                 mirror_api=MirrorApi(mirrors, checker, secret), admin_api=admin)
     metrics = Metrics()
     metrics.watch_upstream(shared.breaker, client, proxy_client)
     metrics.watch_catalog(services.catalog)
@@ -315,7 +332,12 @@ def build_app(services: Services) -> web.Application:
 
     @web.middleware
     async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamResponse:
-        who = await gate.admit(request)  # 403 (address), 401 (token), 429 (limits)
+        try:
+            who = await gate.admit(request)  # 403 (address), 401 (token), 429 (limits)
+        except (Unauthorized, Forbidden) as e:
+            if is_admin_path(raw_path(request)):
+                await admin.refused(request, None, e.message)  # a denied admin call is audited
+            raise
         if who is not None:
             request[PRINCIPAL] = who
         return await handler(request)
@@ -340,6 +362,7 @@ def build_app(services: Services) -> web.Application:
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await admin.close()
         await mirrors.stop()
         if proxy is not None:
             await proxy.filler.close()

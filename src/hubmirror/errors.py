@@ -6,7 +6,8 @@ HubMirrorError
 │   ├── InvalidRepoId
 │   ├── InvalidRevision
 │   ├── InvalidPath
-│   └── InvalidBundle                 an unsafe or damaged import bundle
+│   ├── InvalidBundle                 an unsafe or damaged import bundle
+│   └── PayloadTooLarge          413  a request body over its limit
 ├── NotFound                     404
 │   ├── RepoNotFound                  X-Error-Code: RepoNotFound
 │   ├── RevisionNotFound              X-Error-Code: RevisionNotFound
@@ -64,6 +65,11 @@ class InvalidPath(InvalidInput):
 
 class InvalidBundle(InvalidInput):
     code = "InvalidBundle"
+
+
+class PayloadTooLarge(InvalidInput):
+    status = 413
+    code = "PayloadTooLarge"
 
 
 class NotFound(HubMirrorError):

@@ -50,7 +50,8 @@ class Authenticator:
             if scheme.lower() != "bearer" or not value or value != value.strip() or " " in value:
                 raise Unauthorized(INVALID)
             return value
-        if "/resolve/" in request.raw_path.split("?", 1)[0]:  # curl/wget users: ?token= on file URLs
+        raw = request.raw_path
+        if "?" in raw and "token" in raw and "/resolve/" in raw.split("?", 1)[0]:  # curl/wget: ?token= on files
             values = request.rel_url.query.getall("token", [])
             if len(values) > 1:
                 raise Unauthorized(INVALID)

@@ -100,7 +100,7 @@ class ProxyTrust:
         """The client's address: the peer, or behind trusted proxies the last untrusted hop of
         `X-Forwarded-For` (at most 20 hops are looked at; a malformed one ends the walk)."""
         peer = request.remote or "-"
-        if not self.trusts(peer):
+        if not self._nets or not self.trusts(peer):
             return peer
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
         client = peer

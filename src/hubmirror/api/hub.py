@@ -43,12 +43,13 @@ MAX_PATHS_INFO = 1000
 class HubApi:
     def __init__(
         self, reader: Reader, local: LocalReader, policy: Policy, *, public_url: str | None, trust: ProxyTrust,
-        mirror_api: Any = None,
+        mirror_api: Any = None, admin_api: Any = None,
     ) -> None:
         self.reader = reader
         self.local = local
         self.policy = policy
         self.mirror_api = mirror_api
+        self.admin_api = admin_api
         self.public_url = public_url
         self.trust = trust
 
@@ -88,6 +89,8 @@ class HubApi:
             return self.whoami(request)
         if segs == ["agent-harnesses"]:
             return json_response({"standardEnvVars": [], "harnesses": {}})
+        if segs and segs[0] == "admin" and self.admin_api is not None:
+            return await self.admin_api.dispatch(request, segs)  # type: ignore[no-any-return]
         if segs and segs[0] in ("hooks", "mirror") and self.mirror_api is not None:
             return await self.mirror_api.dispatch(request, segs, self.guarded(request))  # type: ignore[no-any-return]
         if len(segs) >= 2 and segs[0] in ("models", "datasets", "spaces"):

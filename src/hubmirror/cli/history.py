@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput
 from .base import REPO_TYPES, _config_option, _settings, cli
 
 DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
@@ -52,24 +52,25 @@ def _bar(desc: str, disable: bool) -> Any:
 def pin(ctx: click.Context, spec: str, repo_type: str, note: str, data: Path | None, upstream: str | None) -> None:
     """Pin a revision's commit: it is never evicted or garbage-collected, and every file of it
     is fetched now if the store lacks any (so it outlives the upstream)."""
+    from .. import ops
     from ..sync.engine import Syncer
 
     s = _settings(ctx, data=data, upstream=upstream)
     services = _services(ctx, data=data, upstream=upstream)
     ((ref, rev),) = _specs((spec,), repo_type, need_rev=True)
-    repo = services.catalog.get_repo(ref)
-    if repo is None:
-        raise NotFound(f"{ref} is not in this mirror: sync it or download it through the mirror first")
-    commit = services.catalog.resolve(repo, rev)
+    assert rev is not None
+    pinned = ops.pin(services.catalog, ops.Actor.local(), ref, rev, note, store=services.store)
+    fetched = 0
+    if pinned.missing:  # pinned first, so gc keeps the commit while its files arrive; run again after a failure
+        repo = services.catalog.get_repo(ref)
+        assert repo is not None
 
-    async def complete() -> int:
-        async with s.hub_client() as client:
-            return await Syncer(services.catalog, services.store, client, s.data).complete(repo, commit)
+        async def complete() -> int:
+            async with s.hub_client() as client:
+                return await Syncer(services.catalog, services.store, client, s.data).complete(repo, pinned.commit)
 
-    fetched = asyncio.run(complete())
-    services.catalog.pin(repo.pk, commit, rev, note)
-    services.catalog.audit("pin", ref, commit=commit, revision=rev, note=note)
-    click.echo(f"pinned {ref}@{rev} = {commit}" + (f" (fetched {fetched} missing files)" if fetched else ""))
+        fetched = asyncio.run(complete())
+    click.echo(f"pinned {ref}@{rev} = {pinned.commit}" + (f" (fetched {fetched} missing files)" if fetched else ""))
 
 
 @cli.command()
@@ -80,17 +81,12 @@ def pin(ctx: click.Context, spec: str, repo_type: str, note: str, data: Path | N
 @click.pass_context
 def unpin(ctx: click.Context, spec: str, repo_type: str, data: Path | None) -> None:
     """Remove a pin (the commit stays until retention or gc removes it)."""
+    from .. import ops
+
     services = _services(ctx, data=data)
     ((ref, rev),) = _specs((spec,), repo_type, need_rev=True)
-    repo = services.catalog.get_repo(ref)
-    if repo is None:
-        raise NotFound(f"Repository not found: {ref}")
-    pinned = [p for p in services.catalog.pins() if p["repo_id"] == ref.repo_id and p["repo_type"] == ref.repo_type.value
-              and (p["revision"] == rev or p["commit"] == rev)]
-    commit = pinned[0]["commit"] if pinned else services.catalog.resolve(repo, rev)
-    if not services.catalog.unpin(repo.pk, commit):
-        raise NotFound(f"{ref}@{rev} ({commit}) is not pinned")
-    services.catalog.audit("unpin", ref, commit=commit)
+    assert rev is not None
+    commit = ops.unpin(services.catalog, ops.Actor.local(), ref, rev)
     click.echo(f"unpinned {ref}@{rev} = {commit}")
 
 
@@ -101,7 +97,9 @@ def unpin(ctx: click.Context, spec: str, repo_type: str, data: Path | None) -> N
 @click.pass_context
 def pins(ctx: click.Context, data: Path | None, as_json: bool) -> None:
     """List pinned commits."""
-    rows = _services(ctx, data=data).catalog.pins()
+    from .. import ops
+
+    rows = ops.list_pins(_services(ctx, data=data).catalog)
     if as_json:
         click.echo(json.dumps(rows, default=str))
         return
@@ -178,12 +176,12 @@ def verify(lock_file: Path, path: Path, hf_cache: bool, only: str | None, as_jso
 def gc(ctx: click.Context, data: Path | None, dry_run: bool, as_json: bool) -> None:
     """Apply retention (keep_last/keep_tags per mirror, pins, refs) and delete unreferenced blobs.
     Safe while syncs, imports and pull-through fills run."""
-    from ..lifecycle.gc import gc as run_gc
+    from .. import ops
 
     s = _settings(ctx, data=data)
     services = _services(ctx, data=data)
-    mirrors = {m.spec.ref: m.spec for m in services.catalog.list_mirrors()} | {m.ref: m for m in s.mirrors}
-    report = run_gc(services.catalog, services.store, s.data, mirrors=mirrors, dry_run=dry_run)
+    report = ops.run_gc(services.catalog, services.store, s.data, ops.Actor.local(), config_mirrors=s.mirrors,
+                        dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
@@ -289,7 +287,7 @@ def import_bundle(ctx: click.Context, file: Path, data: Path | None, max_bytes: 
 @click.pass_context
 def purge(ctx: click.Context, repo_id: str, repo_type: str, reason: str, yes: bool, data: Path | None) -> None:
     """Remove a repo and the blobs no other repo uses, irrecoverably (with an audit-log entry)."""
-    from ..lifecycle.gc import purge as run_purge
+    from .. import ops
     from ..model.names import RepoRef
 
     ref = RepoRef.parse(repo_id, repo_type)
@@ -297,7 +295,7 @@ def purge(ctx: click.Context, repo_id: str, repo_type: str, reason: str, yes: bo
         raise click.Abort()
     s = _settings(ctx, data=data)
     services = _services(ctx, data=data)
-    r = run_purge(services.catalog, services.store, s.data, ref, reason=reason)
+    r = ops.run_purge(services.catalog, services.store, s.data, ops.Actor.local(), ref, reason=reason)
     click.echo(f"purged {r.repo}: {r.commits} commits, {r.blobs_deleted} blobs ({r.bytes_freed} bytes)")
 
 

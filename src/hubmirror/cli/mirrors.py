@@ -7,9 +7,15 @@ from pathlib import Path
 
 import click
 
-from ..errors import HubMirrorError
+from ..config import Settings
+from ..model.names import RepoRef
 from .base import REPO_TYPES, _config_option, _settings, cli
 from .repos import _mirror_spec
+
+
+def _declared(s: Settings) -> set[RepoRef]:
+    """The mirrors the config file declares: changed there, not here."""
+    return {m.ref for m in s.mirrors}
 
 
 @cli.group()
@@ -32,15 +38,14 @@ def mirror() -> None:
 def mirror_add(ctx: click.Context, repo_id: str, repo_type: str, revisions: tuple[str, ...], include: tuple[str, ...],
                exclude: tuple[str, ...], schedule: str, disabled: bool, allow_gated: bool, data: Path | None) -> None:
     """Declare (or update) a mirror of REPO_ID."""
+    from .. import ops
     from ..app import open_services
 
     spec = _mirror_spec(repo_id, repo_type, revisions, include, exclude, schedule=schedule, enabled=not disabled,
                         allow_gated=allow_gated)
-    services = open_services(_settings(ctx, data=data))
-    existing = services.catalog.get_mirror(spec.ref)
-    if existing is not None and existing.source == "config":
-        raise HubMirrorError(f"{spec.ref} is declared in the config file; change it there")
-    services.catalog.upsert_mirror(spec, "cli")
+    s = _settings(ctx, data=data)
+    services = open_services(s)
+    ops.add_mirror(services.catalog, ops.Actor.local(), spec, source="cli", declared=_declared(s))
     click.echo(f"mirror {spec.ref}: revisions {', '.join(spec.revisions)}, schedule {spec.schedule}"
                f"{'' if spec.enabled else ' (disabled)'}")
 
@@ -53,18 +58,13 @@ def mirror_add(ctx: click.Context, repo_id: str, repo_type: str, revisions: tupl
 @click.pass_context
 def mirror_remove(ctx: click.Context, repo_id: str, repo_type: str, data: Path | None) -> None:
     """Stop following REPO_ID. What was mirrored stays served."""
+    from .. import ops
     from ..app import open_services
-    from ..errors import NotFound
-    from ..model.names import RepoRef
 
     ref = RepoRef.parse(repo_id, repo_type)
-    services = open_services(_settings(ctx, data=data))
-    existing = services.catalog.get_mirror(ref)
-    if existing is None:
-        raise NotFound(f"{ref} is not a declared mirror")
-    if existing.source == "config":
-        raise HubMirrorError(f"{ref} is declared in the config file; remove it there")
-    services.catalog.remove_mirror(ref)
+    s = _settings(ctx, data=data)
+    services = open_services(s)
+    ops.remove_mirror(services.catalog, ops.Actor.local(), ref, declared=_declared(s))
     click.echo(f"mirror {ref} removed (its content stays served)")
 
 
@@ -77,19 +77,13 @@ def mirror_remove(ctx: click.Context, repo_id: str, repo_type: str, data: Path |
 @click.pass_context
 def mirror_freeze(ctx: click.Context, repo_id: str, repo_type: str, data: Path | None, undo: bool) -> None:
     """Freeze a declared mirror: no more syncs, everything mirrored stays served."""
+    from .. import ops
     from ..app import open_services
-    from ..errors import NotFound
-    from ..model.names import RepoRef
 
     ref = RepoRef.parse(repo_id, repo_type)
-    services = open_services(_settings(ctx, data=data))
-    m = services.catalog.get_mirror(ref)
-    if m is None:
-        raise NotFound(f"{ref} is not a declared mirror")
-    if m.source == "config":
-        raise HubMirrorError(f"{ref} is declared in the config file; set frozen = {str(not undo).lower()} there")
-    services.catalog.upsert_mirror(m.spec.model_copy(update={"frozen": not undo}), m.source)
-    services.catalog.audit("unfreeze" if undo else "freeze", ref)
+    s = _settings(ctx, data=data)
+    services = open_services(s)
+    ops.freeze_mirror(services.catalog, ops.Actor.local(), ref, undo, declared=_declared(s))
     click.echo(f"mirror {ref} {'unfrozen' if undo else 'frozen'}")
 
 
@@ -100,12 +94,13 @@ def mirror_freeze(ctx: click.Context, repo_id: str, repo_type: str, data: Path |
 @click.pass_context
 def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
     """List declared mirrors."""
+    from .. import ops
     from ..app import open_services
 
     services = open_services(_settings(ctx, data=data))
-    rows = services.catalog.list_mirrors()
+    rows = ops.list_mirrors(services.catalog)
     if as_json:
-        click.echo(json.dumps([{**m.spec.model_dump(mode="json"), "source": m.source} for m in rows]))
+        click.echo(json.dumps([ops.mirror_json(m) for m in rows]))
         return
     for m in rows:
         sp = m.spec
@@ -126,7 +121,6 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
     """Each mirror: mirrored vs upstream commit, last and next sync, last error; with REPO_ID, its sync history."""
     from ..app import open_services
     from ..errors import NotFound
-    from ..model.names import RepoRef
     from ..sync.service import describe
 
     services = open_services(_settings(ctx, data=data))

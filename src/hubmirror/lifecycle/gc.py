@@ -75,7 +75,8 @@ def commits_to_drop(catalog: Catalog, mirrors: dict[RepoRef, MirrorSpec]) -> lis
 
 
 def gc(catalog: Catalog, store: BlobStore, data: Path, *, mirrors: dict[RepoRef, MirrorSpec],
-       dry_run: bool = False) -> GcReport:
+       dry_run: bool = False, actor: str | None = None, client: str | None = None) -> GcReport:
+    """Apply retention and delete unreferenced blobs; a real run is audited with `actor` and `client`."""
     report = GcReport(dry_run)
     with GcLock(data, exclusive=True):
         drop = commits_to_drop(catalog, mirrors)
@@ -95,7 +96,7 @@ def gc(catalog: Catalog, store: BlobStore, data: Path, *, mirrors: dict[RepoRef,
                 store.delete(sha)
                 catalog.forget_blob(sha)
     if not dry_run:
-        catalog.audit("gc", None, commits_removed=len(drop), blobs_deleted=report.blobs_deleted,
+        catalog.audit("gc", None, actor=actor, client=client, commits_removed=len(drop), blobs_deleted=report.blobs_deleted,
                       bytes_freed=report.bytes_freed)
     return report
 
@@ -108,7 +109,8 @@ class PurgeReport:
     bytes_freed: int
 
 
-def purge(catalog: Catalog, store: BlobStore, data: Path, ref: RepoRef, *, reason: str = "") -> PurgeReport:
+def purge(catalog: Catalog, store: BlobStore, data: Path, ref: RepoRef, *, reason: str = "",
+          actor: str | None = None, client: str | None = None) -> PurgeReport:
     """Remove a repo and every blob no other repo uses. Irrecoverable; written to the audit log."""
     with GcLock(data, exclusive=True):
         repo = catalog.get_repo(ref)
@@ -126,5 +128,5 @@ def purge(catalog: Catalog, store: BlobStore, data: Path, ref: RepoRef, *, reaso
                 deleted += 1
                 freed += info.size if info else 0
             catalog.forget_blob(sha)
-        catalog.audit("purge", ref, commits=commits, blobs_deleted=deleted, bytes_freed=freed, reason=reason)
+        catalog.audit("purge", ref, actor=actor, client=client, commits=commits, blobs_deleted=deleted, bytes_freed=freed, reason=reason)
     return PurgeReport(str(ref), commits, deleted, freed)

@@ -4,7 +4,6 @@ disk or database. Every function raises a subclass of InvalidInput naming what w
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 
@@ -137,8 +136,11 @@ def validate_path(path: str, *, allow_root: bool = False) -> str:
     return path
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # Unicode category Cc, and the line separators
+
+
 def _has_control(s: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in s)
+    return _CONTROL.search(s) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,16 @@ an audit entry naming it and its client. A rule lives here once, not in each fac
 from .actor import Actor
 from .audit import list_events
 from .durations import parse_duration
+from .gc import run_gc, run_purge
+from .mirrors import (
+    add_mirror,
+    freeze_mirror,
+    list_mirrors,
+    mirror_json,
+    remove_mirror,
+    sync_now,
+)
+from .pins import MAX_NOTE, PinResult, list_pins, missing_files, pin, pin_json, unpin
 from .tokens import (
     NewToken,
     create_token,
@@ -25,21 +35,36 @@ from .users import (
 )
 
 __all__ = [
+    "MAX_NOTE",
     "Actor",
     "NewToken",
+    "PinResult",
+    "add_mirror",
     "add_to_group",
     "add_user",
     "change_groups",
     "create_token",
+    "freeze_mirror",
     "list_events",
     "list_groups",
+    "list_mirrors",
+    "list_pins",
     "list_tokens",
     "list_users",
+    "mirror_json",
+    "missing_files",
     "parse_duration",
+    "pin",
+    "pin_json",
     "remove_from_group",
+    "remove_mirror",
     "remove_user",
     "revoke_token",
+    "run_gc",
+    "run_purge",
+    "sync_now",
     "token_json",
+    "unpin",
     "user_json",
     "validate_repo_pattern",
 ]

@@ -54,6 +54,8 @@ class Policy:
     def may(self, who: Principal, ref: RepoRef, kind: str, *, private: bool = False) -> bool:
         """May `who` read (kind "read") or write ("write") `ref`? `private`: the repo is private
         or gated, so only subjects named explicitly count."""
+        if self.open and kind == "read" and not private and who.token_repos is None:
+            return True  # no rules, anonymous reads: what the single box has always done
         if who.token_repos is not None and not _token_rules(who.token_repos).allows(ref):
             return False
         if who.role is Role.ADMIN:
