@@ -191,7 +191,7 @@ def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisio
         async with s.hub_client() as client:
             syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel)
             try:
-                return await syncer.sync(spec, trigger="cli", progress=progress, retag=retag)
+                return await syncer.sync(spec, trigger="cli", progress=progress, retag=retag, actor=_cli_actor())
             finally:
                 progress.close()
 
@@ -232,7 +232,7 @@ def _sync_lock(s: Settings, services: Any, lock_file: Path, as_json: bool, allow
                 # a locked repo with no files: a control character never matches a valid path
                 spec = MirrorSpec(repo=r.ref.repo_id, type=r.ref.repo_type, revisions=[r.commit],
                                   include=[literal(f.path) for f in r.files] or ["\x01"], allow_gated=allow_gated)
-                res = await syncer.sync(spec, trigger="lock")
+                res = await syncer.sync(spec, trigger="lock", actor=_cli_actor())
                 repo = services.catalog.get_repo(r.ref)
                 got = {e.path: e for e in services.catalog.list_entries(repo, r.commit, recursive=True, files_only=True)}
                 bad = [f.path for f in r.files if f.path not in got or got[f.path].sha256 != f.sha256
@@ -248,3 +248,9 @@ def _sync_lock(s: Settings, services: Any, lock_file: Path, as_json: bool, allow
         for res in results:
             click.echo(f"{res['repo_type']} {res['repo_id']}@{res['revision']} = {res['commit']}: {res['status']} "
                        f"(fetched {res['files_fetched']} files, reused {res['files_reused']})")
+
+
+def _cli_actor() -> str:
+    from ..ops import Actor
+
+    return Actor.local().name

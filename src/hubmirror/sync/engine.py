@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,8 +128,10 @@ class Syncer:
         self.retag = False
 
     async def sync(
-        self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None, retag: bool = False
+        self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None, retag: bool = False,
+        actor: str | None = None, client: str | None = None,
     ) -> SyncResult:
+        """`actor`/`client`: who asked, for the audit log (default: the trigger: schedule, webhook...)."""
         ref = spec.ref
         if spec.frozen:
             raise MirrorFrozen(f"mirror {ref} is frozen: it is served as it is and not synced (unfreeze it first)")
@@ -167,6 +170,13 @@ class Syncer:
                 upstream_calls=result.upstream_calls,
                 error=result.error,
             )
+            try:
+                await asyncio.to_thread(
+                    functools.partial(self.catalog.audit, "sync", ref, actor=actor or trigger, client=client,
+                                      trigger=trigger, status=result.status, run=result.run_id,
+                                      files_fetched=result.files_fetched, error=result.error))
+            except HubMirrorError as e:  # a full disk: the run row says it all already
+                log.warning("could not audit the sync of %s: %s", ref, e.message)
             gc_lock.release()
             lock.release()
         return result
