@@ -390,8 +390,9 @@ def test_tag_repointed_upstream_is_kept_logged_and_flagged(hub: FakeHub, tmp_pat
     repo = cat.get_repo(RepoRef(RepoType.MODEL, "acme/tags"))
     hist = cat.ref_history(repo, "refs/tags/v1.0")  # type: ignore[arg-type]
     assert [(h["old_commit"], h["new_commit"]) for h in hist] == [(None, c1), (c1, c2)]
-    assert [e["action"] for e in cat.audit_events(RepoRef(RepoType.MODEL, "acme/tags"))] == \
-        ["tag-repointed-upstream", "tag-moved"]
+    events = cat.audit_events(RepoRef(RepoType.MODEL, "acme/tags"))
+    assert [e["action"] for e in events if e["action"] != "sync"] == ["tag-repointed-upstream", "tag-moved"]
+    assert [e["detail"]["trigger"] for e in events if e["action"] == "sync"] == ["cli", "cli", "cli"]
     cat.close()
 
 
