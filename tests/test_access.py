@@ -286,3 +286,40 @@ out({"contents": [open(p).read() for p in paths], "took": time.monotonic() - t})
         assert "429" in s.log.read_text()
     finally:
         s.stop()
+
+
+def test_a_gated_upstream_repo_mirrored_with_allow_gated_is_read_only_by_named_groups(tmp_path: Path) -> None:
+    hub = FakeHub().start()
+    try:
+        hub.commit("meta/gated", {"config.json": b'{"gated": true}'})
+        hub.repos[("model", "meta/gated")].gated = "manual"
+        hub.commit("meta/open", {"config.json": b"{}"})
+        data = tmp_path / "data"
+        config = tmp_path / "c.toml"
+        config.write_text('[access]\nanonymous = "read"\n[[access.rules]]\nrepos = ["meta/*"]\n'
+                          'read = ["anyone", "group:approved"]\n[proxy]\nallow_gated = true\n')
+        hm(data, "sync", "meta/gated", "--upstream", hub.url, "--allow-gated")
+        hm(data, "user", "add", "ann", "--group", "approved")
+        hm(data, "user", "add", "joe")
+        ann, joe = token(data, "ann", "ann"), token(data, "joe", "joe")
+        s = Server(data, "--config", str(config), "--upstream", hub.url)
+        try:
+            path = "/meta/gated/resolve/main/config.json"
+            # "anyone" does not open a gated repo: only the group the rule names
+            assert raw(s.url, "GET", path).status == 401
+            assert raw(s.url, "GET", path, {"Authorization": f"Bearer {joe}"}).status == 404
+            r = raw(s.url, "GET", path, {"Authorization": f"Bearer {ann}"})
+            assert r.status == 200 and r.body == b'{"gated": true}'
+            # the same for a gated repo met through pull-through (after its first, refused, request)
+            hub.commit("meta/gated2", {"config.json": b"2"})
+            hub.repos[("model", "meta/gated2")].gated = "auto"
+            assert raw(s.url, "GET", "/meta/gated2/resolve/main/config.json").status == 401
+            calls = len(hub.calls)
+            assert raw(s.url, "GET", "/meta/gated2/resolve/main/config.json").status == 401
+            assert len(hub.calls) == calls  # known gated now: refused before any upstream request
+            assert raw(s.url, "GET", "/meta/gated2/resolve/main/config.json", {"Authorization": f"Bearer {ann}"}).body == b"2"
+            assert raw(s.url, "GET", "/meta/open/resolve/main/config.json").status == 200
+        finally:
+            s.stop()
+    finally:
+        hub.stop()
