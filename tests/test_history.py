@@ -40,7 +40,7 @@ def hub() -> Iterator[FakeHub]:
 def sound_and_complete(data: Path) -> None:
     """Every blob hashes to its name, and every file of every recorded commit has its blob."""
     store = LocalBlobStore(data / "blobs")
-    for sha in store.list():
+    for sha in (b.sha256 for b in store.list()):
         assert hashlib.sha256(b"".join(store.read(sha))).hexdigest() == sha
     cat = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
     try:
@@ -328,7 +328,7 @@ def test_gc_under_concurrent_syncs_never_deletes_a_referenced_blob(hub: FakeHub,
     repo = cat.get_repo(RepoRef(RepoType.MODEL, "acme/churn"))
     assert repo is not None
     assert len([c for r, _o, c in cat.all_commits() if r == repo.pk]) == 1  # keep_last = 1
-    assert len(list(LocalBlobStore(data / "blobs").list())) == 4
+    assert len([b.sha256 for b in LocalBlobStore(data / "blobs").list()]) == 4
     assert report["blobs_deleted"] == 0
     cat.close()
 
@@ -421,7 +421,7 @@ def test_purge_removes_the_repo_and_only_its_own_blobs(hub: FakeHub, tmp_path: P
     assert p.returncode != 0  # asks for confirmation; none given
     p = hm("purge", "acme/doomed", "--data", str(data), "--yes", "--reason", "licence withdrawn")
     assert p.returncode == 0 and "1 blobs" in p.stdout, p.stdout + p.stderr
-    blobs = list(LocalBlobStore(data / "blobs").list())
+    blobs = [b.sha256 for b in LocalBlobStore(data / "blobs").list()]
     assert blobs == [hashlib.sha256(shared).hexdigest()]
     cat = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
     ev = cat.audit_events(RepoRef(RepoType.MODEL, "acme/doomed"), "purge")

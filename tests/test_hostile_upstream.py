@@ -104,7 +104,7 @@ def metric(url: str, name: str, labels: str = "") -> float:
 
 
 def stored(data: Path) -> set[str]:
-    return set(LocalBlobStore(data / "blobs").list())
+    return {b.sha256 for b in LocalBlobStore(data / "blobs").list()}
 
 
 # -- 1. never a wrong byte through a resume ------------------------------------------------------

@@ -34,12 +34,12 @@ def proxy_server(data: Path, hub: FakeHub, **env: str) -> Server:
 
 
 def stored_blobs(data: Path) -> list[str]:
-    return list(LocalBlobStore(data / "blobs").list())
+    return [b.sha256 for b in LocalBlobStore(data / "blobs").list()]
 
 
 def sound(data: Path) -> None:
     store = LocalBlobStore(data / "blobs")
-    for sha in store.list():
+    for sha in (b.sha256 for b in store.list()):
         assert hashlib.sha256(b"".join(store.read(sha))).hexdigest() == sha
 
 

@@ -26,6 +26,7 @@ HubMirrorError
 │   └── UpstreamUnavailable      503  unreachable, timing out, 5xx or 429 after retries
 ├── ConfigError                  bad settings file or environment
 └── StoreError                   the blob store refused or failed
+    ├── BlobNotFound                  no such blob (deleted meanwhile, or by hand)
     ├── DigestMismatch                bytes did not hash to what was promised
     └── SizeMismatch                  bytes were not as long as promised
 ```
@@ -160,6 +161,10 @@ class ConfigError(HubMirrorError):
 
 
 class StoreError(HubMirrorError):
+    pass
+
+
+class BlobNotFound(StoreError):
     pass
 
 

@@ -42,7 +42,6 @@ import logging
 import lzma
 import os
 import re
-import shutil
 import tarfile
 import time
 import zlib
@@ -104,7 +103,7 @@ _BLOB_NAME = re.compile(r"^blobs/([0-9a-f]{64})$")
 
 
 def _check_bounds(stream: _Expanded, manifest_size: int, plan: Plan, data: Path, *, max_bytes: int | None,
-                  max_ratio: float, min_free: int) -> None:
+                  max_ratio: float, min_free: int, store: BlobStore) -> None:
     expanded = manifest_size + sum(plan.listed.values())
     if stream.compressed and max_ratio > 0 and expanded > max_ratio * stream.on_disk:
         raise InvalidBundle(
@@ -114,8 +113,8 @@ def _check_bounds(stream: _Expanded, manifest_size: int, plan: Plan, data: Path,
     if max_bytes is not None and new > max_bytes:
         raise InvalidBundle(f"bundle {str(stream.path)!r} would add {new} bytes of new blobs, more than "
                             f"--max-bytes {max_bytes}")
-    free = shutil.disk_usage(data).free
-    if new > free - min_free:
+    free = store.free_bytes()
+    if free is not None and new > free - min_free:
         raise InsufficientStorage(f"bundle {str(stream.path)!r} would add {new} bytes of new blobs; {data} has "
                                   f"{free} bytes free and keeps {min_free} in reserve")
 
@@ -394,7 +393,7 @@ def _import(
     manifest = parse_manifest(raw)
     del raw
     plan = cross_check(manifest, catalog, store)
-    _check_bounds(stream, first.size, plan, data, max_bytes=max_bytes, max_ratio=max_ratio, min_free=min_free)
+    _check_bounds(stream, first.size, plan, data, max_bytes=max_bytes, max_ratio=max_ratio, min_free=min_free, store=store)
     stored = [s for s in plan.oids if s not in plan.new]  # regular files' blobs the store has: read each once
     check_stored_oids(plan, store, stored)
     proven = set(stored)  # blobs whose regular files' oids are proven

@@ -86,15 +86,14 @@ def gc(catalog: Catalog, store: BlobStore, data: Path, *, mirrors: dict[RepoRef,
             catalog.delete_commits(drop)
         # a dry run asks what would stay referenced; a real run asks after deleting
         referenced = catalog.referenced_blobs(excluding=set(drop) if dry_run else None)
-        for sha in list(store.list()):
-            if sha in referenced:
+        for info in store.list():
+            if info.sha256 in referenced:
                 continue
-            info = store.stat(sha)
             report.blobs_deleted += 1
-            report.bytes_freed += info.size if info else 0
+            report.bytes_freed += info.size
             if not dry_run:
-                store.delete(sha)
-                catalog.forget_blob(sha)
+                store.delete(info.sha256)
+                catalog.forget_blob(info.sha256)
     if not dry_run:
         catalog.audit("gc", None, actor=actor, client=client, commits_removed=len(drop), blobs_deleted=report.blobs_deleted,
                       bytes_freed=report.bytes_freed)

@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from ..catalog import Catalog
-from ..errors import InvalidBundle, InvalidInput
+from ..errors import BlobNotFound, InvalidBundle, InvalidInput
 from ..model.gitobj import git_blob_header, git_blob_sha1, lfs_pointer
 from ..model.names import (
     RepoRef,
@@ -316,6 +316,6 @@ def check_stored_oids(plan: Plan, store: BlobStore, blobs: Iterable[str]) -> Non
         try:
             for chunk in store.read(sha):
                 h.update(chunk)
-        except FileNotFoundError:
+        except BlobNotFound:
             raise gone from None
         check_oid(plan, sha, h.hexdigest())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalog import Catalog
-from ..errors import HubMirrorError
+from ..errors import BlobNotFound, HubMirrorError
 from ..hub import HubClient
 from ..locks import GcLock
 from ..store import BlobStore, BlobWriter
@@ -65,10 +65,10 @@ async def scrub(
 ) -> ScrubReport:
     report = ScrubReport()
     sizes: dict[str, int] = {}  # sound blobs -> their size
-    for sha in list(store.list()):
+    for sha in [b.sha256 for b in store.list()]:
         try:
             actual, n = await asyncio.to_thread(_hash, store, sha, rate)
-        except FileNotFoundError:
+        except BlobNotFound:
             continue  # deleted meanwhile (gc, eviction)
         report.checked += 1
         report.bytes += n

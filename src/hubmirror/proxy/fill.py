@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -268,8 +267,7 @@ class Filler:
         if fill is not None:
             await asyncio.to_thread(self._discard, writer, fd)
             return fill.join() if fill.error is None else TAINTED
-        path = writer.spool_path
-        fill = Fill(key, entry.size, fd, path.name if path is not None else "")
+        fill = Fill(key, entry.size, fd, writer.spool_name or "")
         fill.wanted = wanted
         fill._on_orphan = self._orphaned
         fill._journal = self._journal_row
@@ -296,10 +294,9 @@ class Filler:
         self._make_room(entry.size, keep)
         writer = self.store.writer()
         try:
-            path = writer.spool_path
-            if path is None:
-                raise HubMirrorError("internal: pull-through needs a store with a local spool file")
-            fd = os.open(path, os.O_RDONLY)
+            fd = writer.spool_fd()
+            if fd is None:
+                raise HubMirrorError("internal: pull-through needs a store whose writer keeps a readable spool")
         except BaseException:
             writer.cancel()
             raise
@@ -339,7 +336,8 @@ class Filler:
         """Free-space check before a fill: evict least recently used pulled-through blobs if needed.
         A fill that is not kept still spools to disk, so it needs the space but not the budget."""
         def free() -> int:
-            return shutil.disk_usage(self.data_dir).free
+            f = self.store.free_bytes()
+            return f if f is not None else 1 << 62  # object storage: no limit to keep
 
         need_free = size + self.min_free
         over_budget = 0

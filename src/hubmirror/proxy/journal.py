@@ -132,11 +132,8 @@ def recover_crashed_fills(catalog: Catalog, store: Any) -> int:
     verified copy up to that length instead of being refused for `resume_guard`. `sent_end` stays
     unknown: the file may have lost what it had not yet flushed."""
     n = 0
-    abandoned = getattr(store, "abandoned", None)
-    if abandoned is None:
-        return 0
     for fill_id, name in catalog.crashed_fills():
-        path = abandoned(name)
+        path = store.abandoned(name)
         if path is None:
             continue  # still being written by a live process, or gone: nothing to learn
         h = hashlib.sha256()

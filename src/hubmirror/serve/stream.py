@@ -19,10 +19,10 @@ from aiohttp import web
 
 from ..coord.limits import Pacer
 from ..errors import (
+    BlobNotFound,
     DigestMismatch,
     HubMirrorError,
     SizeMismatch,
-    StoreError,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -199,7 +199,7 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, 
     try:
         fh = await loop.run_in_executor(None, open, path, "rb")
     except FileNotFoundError:
-        raise StoreError(f"blob {path.name} is missing from the store (deleted by hand? run hubmirror scrub)") from None
+        raise BlobNotFound(f"blob {path.name} is missing from the store (deleted by hand? run hubmirror scrub)") from None
     try:
         await resp.prepare(request)
         transport = request.transport

@@ -47,10 +47,15 @@ class BlobWriter(ABC):
     @abstractmethod
     def write(self, data: bytes | memoryview) -> None: ...
 
+    def spool_fd(self) -> int | None:
+        """A new read-only descriptor of the bytes written so far, readable while the write goes on
+        (pull-through streams from it to the clients that joined a fill; the caller closes it). It
+        stays valid after commit or cancel. None if the driver keeps no such copy."""
+        return None
+
     @property
-    def spool_path(self) -> Path | None:
-        """A local file holding the bytes written so far, readable while the write goes on
-        (pull-through streams from it to clients that joined a fill). None if the driver has none."""
+    def spool_name(self) -> str | None:
+        """A name for the bytes in progress that `BlobStore.abandoned` recognises after a crash."""
         return None
 
     @abstractmethod
@@ -79,7 +84,7 @@ class BlobStore(ABC):
 
     @abstractmethod
     def read(self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Yield bytes [start, end) of a blob (end=None: to the end)."""
+        """Yield bytes [start, end) of a blob (end=None: to the end). BlobNotFound if there is none."""
 
     @abstractmethod
     def writer(self) -> BlobWriter: ...
@@ -89,11 +94,24 @@ class BlobStore(ABC):
         """Remove a blob; True if it existed."""
 
     @abstractmethod
-    def list(self) -> Iterator[str]:
-        """Every published sha256, in no particular order."""
+    def list(self) -> Iterator[BlobInfo]:
+        """Every published blob with its size, in no particular order (streamed, never all at once)."""
+
+    def free_bytes(self) -> int | None:
+        """Space left for new blobs, or None if the driver has no such limit (object storage)."""
+        return None
 
     def local_path(self, sha256: str) -> Path | None:
         """A filesystem path to serve the blob zero-copy from, if the driver has one."""
+        return None
+
+    def url(self, sha256: str, *, expires: int = 300, filename: str | None = None) -> str | None:
+        """A short-lived URL a client can GET the blob from directly (object storage), if the
+        driver can make one."""
+        return None
+
+    def abandoned(self, name: str) -> Path | None:
+        """The partial bytes `name` (a writer's `spool_name`) of a write whose process died."""
         return None
 
     def sweep(self) -> int:

@@ -23,11 +23,18 @@ import hashlib
 import os
 import queue
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import DigestMismatch, InsufficientStorage, SizeMismatch, StoreError
+from ..errors import (
+    BlobNotFound,
+    DigestMismatch,
+    InsufficientStorage,
+    SizeMismatch,
+    StoreError,
+)
 from .base import BlobInfo, BlobStore, BlobWriter, check_sha256
 
 
@@ -141,9 +148,12 @@ class _LocalWriter(BlobWriter):
         """The digest of everything written; no more writes are accepted after asking."""
         return self._hash.hexdigest()
 
+    def spool_fd(self) -> int | None:
+        return os.open(self._tmp, os.O_RDONLY)
+
     @property
-    def spool_path(self) -> Path | None:
-        return self._tmp
+    def spool_name(self) -> str | None:
+        return self._tmp.name
 
     def write(self, data: bytes | memoryview) -> None:
         if self._error is not None:
@@ -238,7 +248,11 @@ class LocalBlobStore(BlobStore):
 
     def read(self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         path = self._path(sha256)
-        with open(path, "rb", buffering=0) as fh:
+        try:
+            fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} is not in the store") from None
+        with fh:
             fh.seek(start)
             remaining = None if end is None else max(0, end - start)
             while remaining is None or remaining > 0:
@@ -260,11 +274,17 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             return False
 
-    def list(self) -> Iterator[str]:
+    def list(self) -> Iterator[BlobInfo]:
         for dirpath, _dirs, files in os.walk(self.blob_dir):
             for f in files:
                 if len(f) == 64:
-                    yield f
+                    try:
+                        yield BlobInfo(f, os.stat(os.path.join(dirpath, f)).st_size)
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile
+
+    def free_bytes(self) -> int | None:
+        return shutil.disk_usage(self.root).free
 
     def local_path(self, sha256: str) -> Path | None:
         return self._path(sha256)
