@@ -163,6 +163,26 @@ class LimitSettings(BaseModel):
         return v
 
 
+class S3Settings(BaseModel):
+    """Where an `s3://bucket/prefix` store_url lives; unset values come from the standard AWS
+    environment variables and files (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = Field(None, description="e.g. http://minio:9000 (default: AWS)")
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    addressing: Literal["path", "virtual"] = Field("path", description="path-style suits MinIO, SeaweedFS, Ceph")
+    presign_expires: int = Field(300, ge=10, le=7 * 86400, description="seconds a redirect URL stays valid")
+    part_size: ByteSize = Field(ByteSize(16 << 20), ge=5 << 20, description="multipart upload part size")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return _http_url(v, "s3.endpoint")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HUBMIRROR_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -174,6 +194,9 @@ class Settings(BaseSettings):
     upstream: str = Field("https://huggingface.co", description="Hub-compatible upstream (or another hubmirror)")
     upstream_token: SecretStr | None = Field(None, description="token sent to the upstream, never logged")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in the data dir")
+    store_url: str | None = Field(None, description="blob store: a folder (default DATA/blobs) or s3://bucket/prefix")
+    store_redirect: bool = Field(False, description="answer GETs of an object store's blobs with a presigned 302")
+    s3: S3Settings = Field(default_factory=S3Settings)
     public_url: str | None = Field(None, description="URL clients use to reach this server (for links)")
     trusted_proxies: list[str] = Field(default_factory=list,
                                        description="addresses (CIDR) whose X-Forwarded-* headers are believed")
@@ -238,6 +261,20 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data / "blobs"
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        parts = urlsplit(v)
+        if parts.scheme == "s3":
+            if not parts.netloc or parts.query or parts.fragment or "@" in parts.netloc:
+                raise ValueError(f"store_url {v!r}: expected s3://bucket[/prefix] (credentials go in [s3])")
+            return v.rstrip("/")
+        if parts.scheme in ("", "file"):
+            return v
+        raise ValueError(f"store_url {v!r}: expected a folder or s3://bucket[/prefix]")
 
     @property
     def upstream_limits(self) -> Limits:
