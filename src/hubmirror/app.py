@@ -325,7 +325,23 @@ def build_app(services: Services) -> web.Application:
         return resp
 
     async def health(request: web.Request) -> web.StreamResponse:
+        """Liveness: the process answers."""
         return json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.StreamResponse:
+        """Readiness: the catalog and the store answer (a load balancer sends no traffic until then)."""
+        problems = []
+        try:
+            await asyncio.wait_for(asyncio.to_thread(services.catalog.ping), 5)
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            problems.append(f"catalog: {e.__class__.__name__}")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(services.store.stat, "0" * 64), 5)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"store: {e.__class__.__name__}")
+        if problems:
+            return json_response({"status": "unavailable", "problems": problems}, status=503)
+        return json_response({"status": "ready"})
 
     async def metrics_view(request: web.Request) -> web.StreamResponse:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -345,6 +361,7 @@ def build_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[errors, gatekeeper], client_max_size=64 * 1024 * 1024)
     app["services"] = services
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_route("*", r"/{tail:[\s\S]*}", api.dispatch)
 

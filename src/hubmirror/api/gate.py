@@ -85,7 +85,7 @@ class Gate:
     async def admit(self, request: web.Request) -> Principal | None:
         """The request's principal, or an error (403, 401, 429). None for /health."""
         path = raw_path(request)
-        if path == "/health":
+        if path in ("/health", "/ready"):
             return None
         client = self.auth.trust.client_address(request)
         if self.allow and not address_in(client, self.allow):

@@ -109,6 +109,11 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Raises if the database does not answer."""
+        with self.engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+
     # -- repos -------------------------------------------------------------------------------
 
     def _repo_row(self, r: Any) -> RepoRow:
