@@ -37,14 +37,16 @@ from .api.hub import PRINCIPAL, HubApi
 from .api.mirror import MirrorApi
 from .catalog import Catalog
 from .config import Settings
-from .coord.limits import Bandwidth, MemoryRateCounters
+from .coord.base import Coordinator
+from .coord.limits import Bandwidth
+from .coord.local import LocalCoordinator
 from .errors import ConfigError, Forbidden, HubMirrorError, RepoNotFound, Unauthorized
 from .hub import CircuitBreaker, HubClient, Shared
 from .proxy import Filler, Rules
 from .proxy.journal import recover_crashed_fills
 from .serve import LocalReader, PullThrough, Reader
 from .serve.policy import Policy
-from .store import LocalBlobStore
+from .store import BlobStore, open_store
 from .sync.check import UpdateChecker
 from .sync.engine import Syncer
 from .sync.service import MirrorService
@@ -58,7 +60,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Services:
     settings: Settings
     catalog: Catalog
-    store: LocalBlobStore
+    store: BlobStore
+    coord: Coordinator
 
 
 def open_services(settings: Settings) -> Services:
@@ -72,14 +75,24 @@ def open_services(settings: Settings) -> Services:
         raise ConfigError(f"data directory {str(settings.data)!r} is not writable: {e.strerror}") from None
     catalog = Catalog(settings.catalog_url)
     catalog.migrate()
-    store = LocalBlobStore(settings.blob_dir)
+    store = open_store(settings)
     recovered = recover_crashed_fills(catalog, store)
     if recovered:
         log.info("recorded what %d pull-through fills of a stopped process had written", recovered)
     swept = store.sweep()
     if swept:
         log.info("removed %d unfinished blob writes", swept)
-    return Services(settings, catalog, store)
+    return Services(settings, catalog, store, open_coordinator(settings, catalog))
+
+
+def open_coordinator(settings: Settings, catalog: Catalog) -> Coordinator:
+    """flock in the data dir on one box; PostgreSQL advisory locks and leases when the catalog is
+    there (several replicas share it)."""
+    if catalog.engine.dialect.name == "postgresql":
+        from .coord.sql import SqlCoordinator
+
+        return SqlCoordinator(catalog.engine.url.render_as_string(hide_password=False))
+    return LocalCoordinator(settings.data, max_keys=settings.limits.max_keys)
 
 
 class AccessLog(AbstractAccessLogger):
@@ -255,13 +268,13 @@ def build_app(services: Services) -> web.Application:
     bulk = Shared(shared.api_slots, asyncio.Semaphore(s.upstream_max_concurrency), shared.breaker)
     client = s.hub_client(shared=bulk)
     proxy: PullThrough | None = None
-    local = LocalReader(services.catalog, services.store)
+    local = LocalReader(services.catalog, services.store, redirect=s.store_redirect)
     reader: Reader = local
     proxy_client = s.hub_client(fail_fast=True, shared=shared)
     rules = Rules(s.proxy.allow, s.proxy.deny)
     filler: Filler | None = None
     if s.proxy.enabled:
-        filler = Filler(services.store, services.catalog, proxy_client, data_dir=s.data, min_free=int(s.proxy.min_free),
+        filler = Filler(services.store, services.catalog, proxy_client, coord=services.coord, min_free=int(s.proxy.min_free),
                         max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None,
                         orphan_grace=s.proxy.orphan_grace, resume_guard=s.proxy.resume_guard)
         proxy = reader = PullThrough(
@@ -271,7 +284,7 @@ def build_app(services: Services) -> web.Application:
             allow_gated=s.proxy.allow_gated,
         )
         filler.on_filled = proxy.note_filled
-    syncer = Syncer(services.catalog, services.store, client, s.data, parallel=s.sync_parallel,
+    syncer = Syncer(services.catalog, services.store, client, services.coord, parallel=s.sync_parallel,
                     on_published=reader.forget)
     mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,
                             tick=s.scheduler_tick, on_change=reader.forget)
@@ -284,7 +297,7 @@ def build_app(services: Services) -> web.Application:
     AccessLog.trust = trust
     policy = Policy.from_settings(s.access)
     auth = Authenticator(services.catalog, trust)
-    gate = Gate(s.access, s.limits, auth, MemoryRateCounters(max_keys=s.limits.max_keys), Bandwidth())
+    gate = Gate(s.access, s.limits, auth, services.coord.counters, Bandwidth())
     admin = AdminApi(services.catalog, services.store, s.data, auth=auth, admin_address=gate.admin_address,
                      mirrors=mirrors, syncer=syncer, config_mirrors=s.mirrors)
     api = HubApi(reader, local, policy, public_url=s.public_url, trust=trust,

@@ -22,14 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pathspec
 
 from .catalog import Catalog, RefUpdate
 from .catalog.catalog import branch_ref
+from .coord.local import as_coordinator
 from .errors import DigestMismatch, InvalidInput, InvalidPath, SizeMismatch
-from .locks import GcLock
 from .model.entries import Commit, Entry, with_directories
 from .model.gitobj import (
     LFS_THRESHOLD,
@@ -286,6 +286,7 @@ def import_folder(
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
     data_dir: Path | None = None,
+    coord: Any = None,
     skip_links: bool = False,
     warn: Callable[[str], None] | None = None,
     private: bool | None = None,
@@ -314,7 +315,7 @@ def import_folder(
             e = Entry(f.path, "file", sha1, size, sha256, False, None)
         return e, written
 
-    gc_lock = GcLock(data_dir) if data_dir is not None else None
+    gc_lock = as_coordinator(coord or data_dir).gc_lock() if (coord or data_dir) is not None else None  # type: ignore[attr-defined]
     if gc_lock:
         gc_lock.acquire()
     try:

@@ -54,6 +54,7 @@ from typing import IO, Any
 
 from ..catalog import Catalog, RepoRow
 from ..catalog.lifecycle import ImportedRepo
+from ..coord.local import as_coordinator
 from ..errors import (
     DigestMismatch,
     HubMirrorError,
@@ -62,7 +63,6 @@ from ..errors import (
     RepoNotFound,
     SizeMismatch,
 )
-from ..locks import GcLock
 from ..model.entries import Commit, Entry
 from ..model.gitobj import git_blob_header
 from ..model.names import RepoRef, is_commit_sha
@@ -115,7 +115,7 @@ def _check_bounds(stream: _Expanded, manifest_size: int, plan: Plan, data: Path,
                             f"--max-bytes {max_bytes}")
     free = store.free_bytes()
     if free is not None and new > free - min_free:
-        raise InsufficientStorage(f"bundle {str(stream.path)!r} would add {new} bytes of new blobs; {data} has "
+        raise InsufficientStorage(f"bundle {str(stream.path)!r} would add {new} bytes of new blobs; the store has "
                                   f"{free} bytes free and keeps {min_free} in reserve")
 
 
@@ -332,7 +332,7 @@ def _reading(path: Path) -> Iterator[None]:
 def import_bundle(
     catalog: Catalog,
     store: BlobStore,
-    data: Path,
+    coord: Any,
     path: Path,
     *,
     progress: Callable[[int], None] | None = None,
@@ -345,9 +345,9 @@ def import_bundle(
     """Import a bundle, all or nothing (see the module docstring). InvalidBundle for a bundle that is
     refused, InsufficientStorage when its new blobs do not fit; then nothing was recorded or kept."""
     published: list[str] = []  # blobs this import added to the store: removed again if it fails
-    with _Expanded(path) as stream, GcLock(data):
+    with _Expanded(path) as stream, as_coordinator(coord).gc_lock():  # type: ignore[attr-defined]
         try:
-            return _import(catalog, store, data, stream, published, progress=progress, total=total,
+            return _import(catalog, store, Path("."), stream, published, progress=progress, total=total,
                            max_manifest=max_manifest, max_bytes=max_bytes, max_ratio=max_ratio, min_free=min_free)
         except BaseException:
             _unpublish(catalog, store, published)
@@ -450,7 +450,7 @@ def _write_blob(store: BlobStore, tar: tarfile.TarFile, member: tarfile.TarInfo,
         fh = tar.extractfile(member)
     assert fh is not None
     git = hashlib.sha1(git_blob_header(member.size)) if sha in plan.oids else None
-    with store.writer() as w:
+    with store.writer(sha) as w:
         while True:
             with _reading(path):
                 chunk = fh.read(1 << 20)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalog import Catalog
+from ..coord.base import Coordinator
+from ..coord.local import as_coordinator
 from ..errors import BlobNotFound, HubMirrorError
 from ..hub import HubClient
-from ..locks import GcLock
 from ..store import BlobStore, BlobWriter
 
 log = logging.getLogger("hubmirror.scrub")
@@ -61,7 +62,8 @@ def _writing_to(writer: BlobWriter) -> Callable[[bytes], Awaitable[None]]:
 
 
 async def scrub(
-    catalog: Catalog, store: BlobStore, data: Path, client: HubClient | None, *, rate: float, repair: bool
+    catalog: Catalog, store: BlobStore, data: Coordinator | Path, client: HubClient | None, *, rate: float,
+    repair: bool
 ) -> ScrubReport:
     report = ScrubReport()
     sizes: dict[str, int] = {}  # sound blobs -> their size
@@ -94,8 +96,8 @@ async def scrub(
             continue
         size = entry.size
         try:
-            with GcLock(data):
-                writer = await asyncio.to_thread(store.writer)
+            with as_coordinator(data).gc_lock():  # type: ignore[attr-defined]
+                writer = await asyncio.to_thread(store.writer, sha)
                 try:
                     await client.download(repo.ref, commit, path, _writing_to(writer), size)
                     await asyncio.to_thread(writer.commit, sha, size)

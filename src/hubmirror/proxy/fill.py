@@ -36,9 +36,10 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..catalog.schema import utcnow
+from ..coord.base import Coordinator
+from ..coord.local import as_coordinator
 from ..errors import HubMirrorError, InsufficientStorage
 from ..hub import HubClient
-from ..locks import GcLock
 from ..model.entries import Entry
 from ..model.names import RepoRef
 from ..store import BlobStore, BlobWriter
@@ -195,7 +196,7 @@ class Filler:
         catalog: Catalog,
         client: HubClient,
         *,
-        data_dir: Path,
+        coord: Coordinator | Path,
         min_free: int,
         max_bytes: int | None,
         orphan_grace: float = 5.0,
@@ -205,7 +206,7 @@ class Filler:
         self.store = store
         self.catalog = catalog
         self.client = client
-        self.data_dir = data_dir
+        self.coord: Coordinator = as_coordinator(coord)  # type: ignore[assignment]
         self.min_free = min_free
         self.max_bytes = max_bytes
         self.orphan_grace = orphan_grace
@@ -292,7 +293,7 @@ class Filler:
         if entry.sha256 is not None and self.store.stat(entry.sha256) is not None:
             return None
         self._make_room(entry.size, keep)
-        writer = self.store.writer()
+        writer = self.store.writer(entry.sha256)
         try:
             fd = writer.spool_fd()
             if fd is None:
@@ -360,7 +361,7 @@ class Filler:
     async def _run(self, fill: Fill, writer: BlobWriter, ref: RepoRef, commit: str, entry: Entry, keep: bool,
                    trigger: str) -> None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fill")
-        gc_lock = GcLock(self.data_dir)
+        gc_lock = self.coord.gc_lock()
         locked = False
         try:
             await asyncio.to_thread(gc_lock.acquire)

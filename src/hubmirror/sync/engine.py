@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..catalog import Catalog, RefUpdate, RepoRow
+from ..coord.base import Coordinator
+from ..coord.local import as_coordinator
 from ..errors import (
     DigestMismatch,
     GatedRepo,
@@ -39,7 +41,6 @@ from ..errors import (
     UpstreamBadBody,
 )
 from ..hub import HubClient
-from ..locks import GcLock, RepoLock
 from ..model.access import upstream_gated
 from ..model.entries import Commit, Entry
 from ..model.mirror import MirrorSpec, is_pattern
@@ -114,7 +115,7 @@ class Syncer:
         catalog: Catalog,
         store: BlobStore,
         client: HubClient,
-        data: Path,
+        coord: Coordinator | Path,
         *,
         parallel: int = 4,
         on_published: Callable[[RepoRef], None] | None = None,
@@ -122,7 +123,7 @@ class Syncer:
         self.catalog = catalog
         self.store = store
         self.client = client
-        self.data = data
+        self.coord: Coordinator = as_coordinator(coord)  # type: ignore[assignment]
         self.parallel = parallel
         self.on_published = on_published
         self.retag = False
@@ -136,14 +137,14 @@ class Syncer:
         if spec.frozen:
             raise MirrorFrozen(f"mirror {ref} is frozen: it is served as it is and not synced (unfreeze it first)")
         self.retag = retag
-        lock = RepoLock(self.data, ref)
+        lock = self.coord.repo_lock(ref)
         if not await asyncio.to_thread(lock.acquire):
             raise SyncBusy(f"a sync of {ref} is already running")
         result = SyncResult(ref)
         calls0 = self.client.stats.calls
         await asyncio.to_thread(self.catalog.close_interrupted_runs, ref)
         result.run_id = await asyncio.to_thread(self.catalog.start_run, ref, trigger)
-        gc_lock = GcLock(self.data)
+        gc_lock = self.coord.gc_lock()
         try:
             await asyncio.to_thread(gc_lock.acquire)  # waits while a gc sweeps
             await self._sync(spec, result, progress or _NoProgress())
@@ -334,7 +335,7 @@ class Syncer:
         """Fetch every blob of an already recorded commit that the store lacks (pinning a
         pulled-through or evicted commit). Returns how many files were fetched."""
         progress = progress or _NoProgress()
-        gc_lock = GcLock(self.data)
+        gc_lock = self.coord.gc_lock()
         await asyncio.to_thread(gc_lock.acquire)
         try:
             files = await asyncio.to_thread(self.catalog.list_entries, repo, commit, recursive=True, files_only=True)
@@ -361,7 +362,7 @@ class Syncer:
     async def _fetch(self, ref: RepoRef, commit: str, f: Entry, progress: Progress) -> Entry:
         last_error: Exception | None = None
         for _attempt in range(VERIFY_ATTEMPTS):
-            writer = await asyncio.to_thread(self.store.writer)
+            writer = await asyncio.to_thread(self.store.writer, f.sha256)
             check = ContentCheck(f, f"{ref}/{f.path}")
 
             def put(chunk: bytes) -> None:

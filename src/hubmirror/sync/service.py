@@ -129,6 +129,10 @@ class MirrorService:
                 elif repo is not None:
                     stale = stale or await asyncio.to_thread(self.catalog.get_commit, repo, commit) is None
             if stale:
+                # say what upstream has before syncing: status shows the update as pending
+                # while it runs, never the new refs beside the old upstream answer
+                await asyncio.to_thread(self.catalog.update_mirror_state, ref, upstream=state["upstream"],
+                                        last_check_at=now)
                 await self.syncer.sync(spec, trigger=trigger)
                 state["last_sync_at"] = utcnow()
                 if self.on_change:
