@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import Server  # noqa: E402
+from services import s3_service, s3_store_url  # noqa: E402,F401 - session fixtures (tests/services.py)
+from services import postgres_database, postgres_server, postgres_url  # noqa: E402,F401 - PostgreSQL fixtures
 
 from hubmirror.catalog import Catalog  # noqa: E402
 from hubmirror.catalog.catalog import RefUpdate  # noqa: E402

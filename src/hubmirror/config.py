@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -170,6 +171,8 @@ class S3Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     endpoint: str | None = Field(None, description="e.g. http://minio:9000 (default: AWS)")
+    public_endpoint: str | None = Field(
+        None, description="the endpoint as clients reach it, for redirect URLs (default: endpoint)")
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
@@ -177,10 +180,10 @@ class S3Settings(BaseModel):
     presign_expires: int = Field(300, ge=10, le=7 * 86400, description="seconds a redirect URL stays valid")
     part_size: ByteSize = Field(ByteSize(16 << 20), ge=5 << 20, description="multipart upload part size")
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "public_endpoint")
     @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
-        return _http_url(v, "s3.endpoint")
+    def _endpoint(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _http_url(v, f"s3.{info.field_name}")
 
 
 class Settings(BaseSettings):

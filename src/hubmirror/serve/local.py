@@ -24,9 +24,10 @@ REF_TTL = 1.0  # seconds a branch/tag lookup is reused; commits and their entrie
 
 
 class LocalReader:
-    def __init__(self, catalog: Catalog, store: BlobStore) -> None:
+    def __init__(self, catalog: Catalog, store: BlobStore, *, redirect: bool = False) -> None:
         self.catalog = catalog
         self.store = store
+        self.redirect = redirect  # GETs of stored blobs answered with a presigned URL (store_redirect)
         # Hot-path caches so that a HEAD of a cached file needs no database round trip:
         # repos (created, never changed here), revision -> commit for REF_TTL (another process
         # may move a branch), and (commit, path) -> entry forever (a commit never changes).
@@ -139,7 +140,7 @@ class LocalReader:
         self, hit: FileHit, *, head: bool, start: int = 0, alive: Any = None
     ) -> Body:
         """Where to read the bytes of `hit` from. Hosted and mirrored files are always stored."""
-        return StoredBody(self.store, hit.entry.sha256)
+        return StoredBody(self.store, hit.entry.sha256, redirect=self.redirect)
 
     async def extra_info(self, snap: Snapshot) -> dict[str, Any] | None:
         """Upstream repo-info fields to merge into ours (pull-through keeps the Hub's metadata)."""

@@ -224,7 +224,7 @@ class PullThrough:
         past 0 it may be resuming); `alive`: is the client still there (while it waits)."""
         e = hit.entry
         if head or hit.repo.origin != "proxy":
-            return StoredBody(self.store, e.sha256)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
+            return StoredBody(self.store, e.sha256, redirect=self.local.redirect)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
         keep = self.cache_rules.allows(hit.repo.ref)
         trigger = "range" if start > 0 else "full"
         for _ in range(4):
@@ -242,7 +242,7 @@ class PullThrough:
                 return await self._resume(hit, taints, start, stored=info is not None, keep=keep, alive=alive)
             if info is not None:
                 self._access[e.sha256 or ""] = (e.size, True, utcnow())
-                return StoredBody(self.store, e.sha256)
+                return StoredBody(self.store, e.sha256, redirect=self.local.redirect)
             handle = self.filler.join_active(e)
             if handle is not None:
                 return FillBody(handle, f"{hit.repo.ref}/{e.path}")
@@ -269,7 +269,7 @@ class PullThrough:
         if stored and e.sha256 is not None:
             if await self.filler.prove_stored(e, e.sha256, taints, start):
                 self.filler.stats.resumes_proven += 1
-                return StoredBody(self.store, e.sha256)
+                return StoredBody(self.store, e.sha256, redirect=self.local.redirect)
             self.filler.stats.resumes_refused += 1
             raise refused
         if self.offline:

@@ -1,6 +1,8 @@
-"""Bodies: how a file's bytes reach a client. A stored blob goes out zero-copy (sendfile); a fill
-in flight streams from its spool file with the last byte held back until the blob is verified.
-Range, If-None-Match and If-Range are negotiated here, once, for both.
+"""Bodies: how a file's bytes reach a client. A stored blob goes out zero-copy (sendfile) from a
+local store, streamed in ranges from another (object storage), or, if asked, as a 302 to a
+presigned URL of the object store; a fill in flight streams from its spool file with the last byte
+held back until the blob is verified. Range, If-None-Match and If-Range are negotiated here, once,
+for all of them.
 
 The read stack (serve/) hands the api a `Body` from `open_blob`; the route only calls `send`.
 """
@@ -14,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -39,12 +42,16 @@ class Body:
 
 
 class StoredBody(Body):
-    def __init__(self, store: BlobStore, sha256: str | None) -> None:
+    """A stored blob. `redirect` (settings.store_redirect): answer a GET with a 302 to the store's
+    presigned URL when the store can make one (see `send_blob`)."""
+
+    def __init__(self, store: BlobStore, sha256: str | None, *, redirect: bool = False) -> None:
         self.store = store
         self.sha256 = sha256
+        self.redirect = redirect
 
     async def send(self, request: web.Request, size: int, headers: dict[str, str], etag: str) -> web.StreamResponse:
-        return await send_blob(request, self.store, self.sha256 or "", size, headers, etag)
+        return await send_blob(request, self.store, self.sha256 or "", size, headers, etag, redirect=self.redirect)
 
 
 class FillBody(Body):
@@ -118,14 +125,23 @@ async def send_blob(
     size: int,
     headers: dict[str, str],
     etag: str,
+    *,
+    redirect: bool = False,
 ) -> web.StreamResponse:
-    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range, zero-copy when possible."""
+    """HEAD/GET of a stored blob with Range, If-None-Match and If-Range: zero-copy from a local
+    store, else streamed from `store.read`. With `redirect`, a GET (of a whole body or a Range) of
+    a blob the store has a URL for is answered `302 Location: <presigned URL>` instead, carrying the
+    headers clients read from that answer (see `_redirect`); HEAD is never redirected."""
     status = 200
     rng, early = await _negotiate(request, size, headers, etag)
     if early is not None:
         return early
     start, end = (rng.start, rng.end) if rng else (0, size)
     count = end - start
+    if redirect and request.method == "GET" and count > 0:
+        moved = await _redirect(request, store, sha256, headers)
+        if moved is not None:
+            return moved
     if rng is not None:
         status = 206
         headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
@@ -138,15 +154,84 @@ async def send_blob(
     if path is not None:
         await _sendfile(request, resp, path, start, count)
     else:
-        await resp.prepare(request)
-        it = store.read(sha256, start, end)
-        while True:
-            chunk = await asyncio.to_thread(next, it, None)
-            if chunk is None:
-                break
-            await resp.write(chunk)
+        await _stream(request, resp, store, sha256, start, end)
     await resp.write_eof()
     return resp
+
+
+async def _redirect(
+    request: web.Request, store: BlobStore, sha256: str, headers: dict[str, str]
+) -> web.StreamResponse | None:
+    """`302 Location: <presigned URL>`, or None to send the bytes from here.
+
+    huggingface_hub reads a file's metadata from its HEAD (never redirected here) and then GETs
+    the resolve URL, following this 302 to the object store's origin without its Authorization
+    header (httpx strips it on a cross-origin hop; HUB_PROTOCOL.md 3.1/3.2); the client's Range
+    goes along and the store answers 206. The answer still carries X-Repo-Commit, ETag,
+    X-Linked-Etag, X-Linked-Size and Content-Disposition: a client that stops at a cross-origin
+    3xx reads them from it. It must not be cached past the URL's life (the route's `immutable`
+    Cache-Control is for the bytes). Sent from here instead: a request with If-Range, If-Match or
+    If-Unmodified-Since (decided here against our ETag; the headers would follow the redirect, and
+    the store has ETags of its own and may ignore If-Range: a stale If-Range would get a range of
+    other bytes) and a client with a bandwidth limit (the mirror paces only what it sends itself)."""
+    if any(h in request.headers for h in _STORE_CONDITIONALS):
+        return None
+    if request.get(PACER) is not None:
+        return None
+    url = await asyncio.to_thread(store.url, sha256, filename=_filename(headers))
+    if url is None:
+        return None
+    moved = {k: v for k, v in headers.items() if k not in ("Content-Type", "Accept-Ranges", "Cache-Control")}
+    moved["Location"] = url
+    moved["Cache-Control"] = "no-store"
+    resp = web.StreamResponse(status=302, headers=moved)
+    resp.content_length = 0
+    await resp.prepare(request)
+    await resp.write_eof()
+    return resp
+
+
+_STORE_CONDITIONALS = ("If-Range", "If-Match", "If-Unmodified-Since")
+
+
+def _filename(headers: dict[str, str]) -> str | None:
+    """The file name of the route's Content-Disposition (filename*=UTF-8'' first), for the store's URL."""
+    cd = headers.get("Content-Disposition")
+    if not cd:
+        return None
+    m = re.search(r"filename\*=UTF-8''([^;\s]+)", cd)
+    if m:
+        return unquote(m.group(1))
+    m = re.search(r'filename="([^"]*)"', cd)
+    return m.group(1) if m else None
+
+
+async def _stream(
+    request: web.Request, resp: web.StreamResponse, store: BlobStore, sha256: str, start: int, end: int
+) -> None:
+    """Send [start, end) from `store.read` (object storage), a chunk at a time on a worker thread.
+    The first chunk is read before the headers go out, so a missing blob is an error answer, not a
+    cut connection."""
+    pacer = request.get(PACER)
+    it = store.read(sha256, start, end, chunk_size=CHUNK if pacer is None else min(CHUNK, pacer.chunk_size))
+    try:
+        chunk = await asyncio.to_thread(next, it, None)
+        await resp.prepare(request)
+        left = end - start
+        while chunk is not None:
+            if pacer is not None:
+                await pacer.take(len(chunk))
+            await resp.write(chunk)
+            left -= len(chunk)
+            chunk = await asyncio.to_thread(next, it, None)
+        if left > 0:
+            _abort(request)  # the store's blob is shorter than the catalog says: never a clean end
+            raise ConnectionResetError(f"blob {sha256} shorter than recorded")
+    finally:
+        try:
+            it.close()  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):  # not a generator / still running in its thread
+            pass
 
 
 async def conditional_answer(

@@ -87,7 +87,11 @@ class BlobStore(ABC):
         """Yield bytes [start, end) of a blob (end=None: to the end). BlobNotFound if there is none."""
 
     @abstractmethod
-    def writer(self) -> BlobWriter: ...
+    def writer(self, sha256: str | None = None) -> BlobWriter:
+        """A new write. `sha256`: the digest the caller expects the bytes to have, when it knows it
+        (an LFS file); a hint, not a promise (commit still checks what was written). An object store
+        needs it to upload while the bytes are written: a multipart upload's key is fixed when it
+        starts. Without it, such a store uploads everything at commit."""
 
     @abstractmethod
     def delete(self, sha256: str) -> bool:
@@ -105,9 +109,12 @@ class BlobStore(ABC):
         """A filesystem path to serve the blob zero-copy from, if the driver has one."""
         return None
 
-    def url(self, sha256: str, *, expires: int = 300, filename: str | None = None) -> str | None:
+    def url(self, sha256: str, *, expires: int | None = None, filename: str | None = None) -> str | None:
         """A short-lived URL a client can GET the blob from directly (object storage), if the
-        driver can make one."""
+        driver can make one: valid for `expires` seconds (None: the driver's setting), answered
+        with a Content-Disposition naming `filename` if given. It does not check that the blob
+        exists."""
+        check_sha256(sha256)
         return None
 
     def abandoned(self, name: str) -> Path | None:

@@ -18,65 +18,17 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
-import hashlib
 import os
-import queue
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import (
-    BlobNotFound,
-    DigestMismatch,
-    InsufficientStorage,
-    SizeMismatch,
-    StoreError,
-)
+from ..errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreError
+from . import spool
 from .base import BlobInfo, BlobStore, BlobWriter, check_sha256
-
-
-class _Hasher:
-    """sha256 on a thread of its own, fed in order, so hashing overlaps the disk writes."""
-
-    _STOP = b""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, name="blob-hash", daemon=True)
-        self._thread.start()
-        self._final: str | None = None
-
-    def _run(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is self._STOP:
-                return
-            self._hash.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        if self._final is not None:
-            raise StoreError("write after the digest was taken")
-        if chunk:
-            self._queue.put(chunk)
-
-    def hexdigest(self) -> str:
-        if self._final is None:
-            self._queue.put(self._STOP)
-            self._thread.join()
-            self._final = self._hash.hexdigest()
-        return self._final
-
-
-def _os_error(e: OSError, what: str) -> StoreError | InsufficientStorage:
-    """`what` is the action: "write a blob"."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"disk full: cannot {what}")
-    return StoreError(f"cannot {what}: {e.strerror or e}")
-
+from .spool import Hasher as _Hasher
+from .spool import os_error as _os_error
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -124,14 +76,9 @@ def _publish(src: Path, dst: Path) -> bool:
 class _LocalWriter(BlobWriter):
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
-        self._tmp = store.tmp_dir / f"{secrets.token_hex(12)}.partial"
-        try:
-            self._fh = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/cancel
-        except OSError as e:
-            raise _os_error(e, "create a blob") from e
+        # locked until commit/cancel so that sweep() in another process leaves a live write alone
+        self._tmp, self._fh = spool.create(store.tmp_dir)
         self._error: BaseException | None = None  # the first failure, raised again by later writes
-        # Held until commit/cancel so that sweep() in another process leaves a live write alone.
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = _Hasher()
         self._size = 0
         self._done = False
@@ -264,7 +211,9 @@ class LocalBlobStore(BlobStore):
                     remaining -= len(data)
                 yield data
 
-    def writer(self) -> BlobWriter:
+    def writer(self, sha256: str | None = None) -> BlobWriter:
+        if sha256 is not None:
+            check_sha256(sha256)  # a hint only: commit checks the bytes
         return _LocalWriter(self)
 
     def delete(self, sha256: str) -> bool:
@@ -291,26 +240,7 @@ class LocalBlobStore(BlobStore):
 
     def abandoned(self, name: str) -> Path | None:
         """The partial file `name` of a write whose process died (no live writer holds it), if any."""
-        p = self.tmp_dir / Path(name).name
-        try:
-            with open(p, "rb") as fh:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except (BlockingIOError, FileNotFoundError):
-            return None
-        except OSError:
-            return None
-        return p
+        return spool.abandoned(self.tmp_dir, name)
 
     def sweep(self) -> int:
-        n = 0
-        for p in self.tmp_dir.iterdir():
-            try:
-                with open(p, "rb") as fh:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    p.unlink()
-                    n += 1
-            except BlockingIOError:
-                continue  # a writer in another process is still at work
-            except FileNotFoundError:
-                pass
-        return n
+        return spool.sweep(self.tmp_dir)

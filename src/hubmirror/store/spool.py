@@ -1,0 +1,104 @@
+"""Spool files: the local bytes of a write in progress, shared by every driver.
+
+A writer creates `<random>.partial` in a spool folder and holds an exclusive flock on it until it
+commits or cancels, so that `sweep` and `abandoned` in another process (a restart, another worker)
+leave a live write alone and find the files of writers that died. The file is hashed on a thread
+of its own while it is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import queue
+import secrets
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import InsufficientStorage, StoreError
+
+SUFFIX = ".partial"
+
+
+class Hasher:
+    """sha256 on a thread of its own, fed in order, so hashing overlaps the disk writes."""
+
+    _STOP = b""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="blob-hash", daemon=True)
+        self._thread.start()
+        self._final: str | None = None
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is self._STOP:
+                return
+            self._hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if self._final is not None:
+            raise StoreError("write after the digest was taken")
+        if chunk:
+            self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        if self._final is None:
+            self._queue.put(self._STOP)
+            self._thread.join()
+            self._final = self._hash.hexdigest()
+        return self._final
+
+
+def os_error(e: OSError, what: str) -> StoreError | InsufficientStorage:
+    """`what` is the action: "write a blob"."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"disk full: cannot {what}")
+    return StoreError(f"cannot {what}: {e.strerror or e}")
+
+
+def create(folder: Path) -> tuple[Path, BinaryIO]:
+    """A new spool file in `folder`, open for writing (unbuffered) and locked by this process."""
+    path = folder / f"{secrets.token_hex(12)}{SUFFIX}"
+    try:
+        fh = open(path, "xb", buffering=0)  # noqa: SIM115 - the writer closes it
+    except OSError as e:
+        raise os_error(e, "create a blob") from e
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else holds it
+    return path, fh
+
+
+def abandoned(folder: Path, name: str) -> Path | None:
+    """The spool file `name` of a write whose process died (no live writer holds it), if any."""
+    p = folder / Path(name).name
+    try:
+        with open(p, "rb") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held by a live writer (BlockingIOError), gone, unreadable
+        return None
+    return p
+
+
+def sweep(folder: Path) -> int:
+    """Remove the spool files of dead writers; returns how many."""
+    n = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for p in entries:
+        try:
+            with open(p, "rb") as fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                p.unlink()
+                n += 1
+        except BlockingIOError:
+            continue  # a writer in another process is still at work
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+    return n
