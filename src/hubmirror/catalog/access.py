@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from ..errors import Conflict, InvalidInput, NotFound
 from ..model.access import Role, validate_name
 from . import schema as t
+from .engine import insert, write
 from .schema import utcnow
 
 _HASH_CHARS = frozenset("0123456789abcdef")
@@ -140,7 +141,7 @@ class AccessQueries:
         wanted = sorted({valid_name(g, "group") for g in groups})
         now = utcnow()
         try:
-            with self.engine.begin() as c:
+            with write(self.engine) as c:
                 if c.execute(sa.select(t.users.c.id).where(t.users.c.name == name)).first():
                     raise Conflict(f"a user named {name!r} exists already")
                 res = c.execute(sa.insert(t.users).values(name=name, created_at=now))
@@ -167,7 +168,7 @@ class AccessQueries:
     def remove_user(self, name: str) -> list[str]:
         """Delete a user, its group memberships and its tokens (which stop working at once).
         Returns the names of the tokens deleted; NotFound if there is no such user."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             uid = self._user_id(c, name)
             names = [r.name for r in c.execute(
                 sa.select(t.tokens.c.name).where(t.tokens.c.user == uid).order_by(t.tokens.c.name)).all()]
@@ -181,20 +182,18 @@ class AccessQueries:
         """False if the user was in the group already."""
         valid_name(group, "group")
         try:
-            with self.engine.begin() as c:
+            with write(self.engine) as c:
                 uid = self._user_id(c, user)
-                where = (t.group_members.c.user == uid, t.group_members.c.group == group)
-                if c.execute(sa.select(t.group_members.c.user).where(*where)).first():
-                    return False
-                c.execute(sa.insert(t.group_members).values(user=uid, group=group))
-        except sa.exc.IntegrityError:
-            return False  # added concurrently
-        return True
+                # added concurrently: nothing to do
+                return bool(c.execute(insert(c, t.group_members).values(user=uid, group=group)
+                                      .on_conflict_do_nothing(index_elements=["user", "group"])).rowcount)
+        except sa.exc.IntegrityError:  # the user was removed meanwhile
+            raise NotFound(f"no user named {user!r} (hubmirror user list shows them)") from None
 
     def remove_from_group(self, user: str, group: str) -> bool:
         """False if the user was not in the group."""
         valid_name(group, "group")
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             uid = self._user_id(c, user)
             return bool(c.execute(sa.delete(t.group_members).where(
                 t.group_members.c.user == uid, t.group_members.c.group == group)).rowcount)
@@ -241,7 +240,7 @@ class AccessQueries:
             expires_at = expires_at.astimezone(timezone.utc).replace(tzinfo=None)
         now = utcnow()
         try:
-            with self.engine.begin() as c:
+            with write(self.engine) as c:
                 uid = self._user_id(c, user)
                 if c.execute(sa.select(t.tokens.c.id).where(t.tokens.c.name == name)).first():
                     raise Conflict(f"a token named {name!r} exists already")
@@ -271,7 +270,7 @@ class AccessQueries:
     def revoke_token(self, name: str) -> tuple[TokenRow, bool]:
         """Revoke a token now: (its row, True), or (its row, False) if it was revoked already.
         NotFound if there is no such token."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             n = c.execute(sa.update(t.tokens).where(t.tokens.c.name == name, t.tokens.c.revoked_at.is_(None))
                           .values(revoked_at=utcnow())).rowcount
             r = c.execute(self._token_select().where(t.tokens.c.name == name)).first()
@@ -309,5 +308,5 @@ class AccessQueries:
                 .where(k.id == sa.bindparam("tid"),
                        sa.or_(k.last_used_at.is_(None), k.last_used_at < sa.bindparam("when")))
                 .values(last_used_at=sa.bindparam("when")))
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(stmt, rows)

@@ -4,8 +4,7 @@ its entries and the refs that move to it) happens in one transaction."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,31 +15,20 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
-from ..errors import Conflict, InsufficientStorage, RevisionNotFound
+from ..errors import Conflict, RevisionNotFound
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, RepoType, is_commit_sha
 from . import schema as t
 from .access import AccessQueries
+from .engine import create_engine, insert, normalise_url, write
 from .lifecycle import LifecycleQueries
 from .mirrors import MirrorQueries
 from .proxy import ProxyQueries
 from .schema import utcnow
 
-
-def _is_disk_full(e: BaseException, db_dir: str | None) -> bool:
-    """SQLite's SQLITE_FULL, or an I/O error on a disk with no space left (opening a WAL database
-    must size its -shm file: SQLITE_IOERR_SHMSIZE); PostgreSQL's disk_full (53100)."""
-    if "database or disk is full" in str(e):
-        return True
-    if getattr(e, "sqlstate", None) == "53100" or getattr(e, "pgcode", None) == "53100":
-        return True
-    code = getattr(e, "sqlite_errorcode", None)
-    if isinstance(code, int) and code & 0xFF == 10 and db_dir is not None:  # SQLITE_IOERR_*
-        try:
-            return shutil.disk_usage(db_dir).free < 1 << 20
-        except OSError:
-            return False
-    return False
+# held (per transaction) while migrating a PostgreSQL catalog: replicas starting at once migrate one
+# after the other, and all but the first find the schema at head
+_MIGRATE_LOCK = int.from_bytes(hashlib.sha256(b"hubmirror:catalog:migrate").digest()[:8], "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,36 +53,12 @@ def branch_ref(name: str) -> str:
 
 
 class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
-    def __init__(self, url: str) -> None:
-        self.url = url
-        is_sqlite = url.startswith("sqlite")
-        self.engine = sa.create_engine(
-            url,
-            future=True,
-            connect_args={"timeout": 60, "check_same_thread": False} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite,
-        )
-
-        db_dir = os.path.dirname(self.engine.url.database or "") or "." if is_sqlite else None
-
-        @sa.event.listens_for(self.engine, "handle_error")
-        def _disk_full(ctx: Any) -> BaseException | None:
-            if _is_disk_full(ctx.original_exception, db_dir):
-                # the answer callers and clients understand: 507, "InsufficientStorage"
-                return InsufficientStorage("the catalog cannot be written: its disk is full (free some space; "
-                                           "everything stored keeps being served)")
-            return None
-
-        if is_sqlite:
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.execute("PRAGMA busy_timeout=60000")
-                cur.close()
+    def __init__(self, url: str | sa.URL) -> None:
+        """`sqlite:///path` or `postgresql://user:password@host/db` (`postgresql+psycopg://` too)."""
+        u = normalise_url(url)
+        self.url = u.render_as_string(hide_password=False)
+        self.engine = create_engine(u)
+        self.dialect = self.engine.dialect.name  # sqlite | postgresql
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -102,7 +66,9 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         """Bring the schema to the newest migration (idempotent)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(resources.files("hubmirror.catalog") / "migrations"))
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
@@ -137,15 +103,11 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         row = self.get_repo(ref)
         if row:
             return row
-        try:
-            with self.engine.begin() as c:
-                c.execute(
-                    sa.insert(t.repos).values(
-                        repo_type=ref.repo_type.value, repo_id=ref.repo_id, created_at=utcnow(), origin=origin
-                    )
-                )
-        except sa.exc.IntegrityError:
-            pass  # created concurrently
+        with write(self.engine) as c:
+            # created concurrently (another thread, process or replica): theirs stands
+            c.execute(insert(c, t.repos).values(
+                repo_type=ref.repo_type.value, repo_id=ref.repo_id, created_at=utcnow(), origin=origin,
+            ).on_conflict_do_nothing(index_elements=["repo_type", "repo_id"]))
         row = self.get_repo(ref)
         assert row is not None
         return row
@@ -155,14 +117,14 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         only the users and groups a rule names may read it."""
         if repo.private == private and repo.gated == gated:
             return repo
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.update(t.repos).where(t.repos.c.id == repo.pk).values(private=private, gated=gated))
         row = self.get_repo(repo.ref)
         assert row is not None
         return row
 
     def set_origin(self, repo: RepoRow, origin: str) -> RepoRow:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.update(t.repos).where(t.repos.c.id == repo.pk).values(origin=origin))
         row = self.get_repo(repo.ref)
         assert row is not None
@@ -255,24 +217,23 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         Recording a commit that is already known only moves the refs.
         """
         now = utcnow()
-        with self.engine.begin() as c:
-            exists = c.execute(
-                sa.select(t.commits.c.sha).where(t.commits.c.repo == repo.pk, t.commits.c.sha == commit.sha)
-            ).first()
-            if not exists:
-                c.execute(
-                    sa.insert(t.commits).values(
-                        repo=repo.pk,
-                        sha=commit.sha,
-                        parents=" ".join(commit.parents),
-                        tree=commit.tree,
-                        title=commit.title,
-                        message=commit.message,
-                        author=commit.author,
-                        date=commit.date.astimezone(timezone.utc).replace(tzinfo=None),
-                        recorded_at=now,
-                    )
-                )
+        with write(self.engine) as c:
+            # insert first: a commit recorded concurrently (two replicas filling the same repo) is
+            # recorded once, with the entries of whoever inserted it
+            created = c.execute(
+                insert(c, t.commits).values(
+                    repo=repo.pk,
+                    sha=commit.sha,
+                    parents=" ".join(commit.parents),
+                    tree=commit.tree,
+                    title=commit.title,
+                    message=commit.message,
+                    author=commit.author[:200],
+                    date=commit.date.astimezone(timezone.utc).replace(tzinfo=None),
+                    recorded_at=now,
+                ).on_conflict_do_nothing(index_elements=["repo", "sha"])
+            ).rowcount
+            if created:
                 rows = [
                     {
                         "repo": repo.pk,
@@ -295,7 +256,7 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
                 self._set_ref(c, repo, u.name, u.commit, reason, now, u.expect)
 
     def set_ref(self, repo: RepoRow, name: str, commit: str | None, reason: str = "") -> None:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             self._set_ref(c, repo, name, commit, reason, utcnow())
 
     def _set_ref(
@@ -308,24 +269,30 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         now: datetime,
         expect: str | None | object = ...,
     ) -> None:
-        old = c.execute(sa.select(t.refs.c.commit).where(t.refs.c.repo == repo.pk, t.refs.c.name == name)).scalar()
-        if expect is not ... and old != expect:
-            raise Conflict(f"{name} of {repo.ref} moved to {old} while this write expected {expect}; retry")
-        if old == commit:
-            return
-        if old is None:
-            c.execute(sa.insert(t.refs).values(repo=repo.pk, name=name, commit=commit, updated_at=now))
-        elif commit is None:
-            c.execute(sa.delete(t.refs).where(t.refs.c.repo == repo.pk, t.refs.c.name == name))
-        else:
+        where = (t.refs.c.repo == repo.pk, t.refs.c.name == name)
+        for _ in range(3):
+            # FOR UPDATE (PostgreSQL; SQLite has one writer at a time): a concurrent move of this ref
+            # waits for this transaction, then compares against what it recorded
+            old = c.execute(sa.select(t.refs.c.commit).where(*where).with_for_update()).scalar()
+            if expect is not ... and old != expect:
+                raise Conflict(f"{name} of {repo.ref} moved to {old} while this write expected {expect}; retry")
+            if old == commit:
+                return
+            if old is None:
+                created = c.execute(insert(c, t.refs).values(repo=repo.pk, name=name, commit=commit, updated_at=now)
+                                    .on_conflict_do_nothing(index_elements=["repo", "name"])).rowcount
+                if not created:
+                    continue  # created concurrently: look again, under its lock
+            elif commit is None:
+                c.execute(sa.delete(t.refs).where(*where))
+            else:
+                c.execute(sa.update(t.refs).where(*where).values(commit=commit, updated_at=now))
             c.execute(
-                sa.update(t.refs)
-                .where(t.refs.c.repo == repo.pk, t.refs.c.name == name)
-                .values(commit=commit, updated_at=now)
+                sa.insert(t.ref_log).values(repo=repo.pk, name=name, old_commit=old, new_commit=commit, at=now,
+                                            reason=reason)
             )
-        c.execute(
-            sa.insert(t.ref_log).values(repo=repo.pk, name=name, old_commit=old, new_commit=commit, at=now, reason=reason)
-        )
+            return
+        raise Conflict(f"{name} of {repo.ref} kept moving under concurrent writers; retry")
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -377,9 +344,12 @@ class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
         """Entries below folder `under` ("" = root), ordered by path, starting after `after`."""
         e = t.entries.c
         q = sa.select(t.entries).where(e.repo == repo.pk, e.commit == commit)
+        # byte order on both databases: SQLite's BINARY collation, and on PostgreSQL the "C" collation
+        # of entries.path (migration 0007), so that ORDER BY, these ranges and the `after` cursor
+        # agree and use the primary key's index
         if recursive:
             if under:
-                # every path that starts with "under/": "/" is 0x2F and "0" is 0x30 (binary collation)
+                # every path that starts with "under/": "/" is 0x2F and "0" is 0x30
                 q = q.where(e.path > under + "/", e.path < under + "0")
         else:
             q = q.where(e.parent == under)

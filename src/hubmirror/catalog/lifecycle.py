@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -14,7 +15,13 @@ from ..errors import HubMirrorError
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, RepoType
 from . import schema as t
+from .engine import insert, write
 from .schema import utcnow
+
+# rows fetched at a time by the queries that stream (server-side cursors on PostgreSQL)
+STREAM_BATCH = 10_000
+# blobs asked about at a time by `referenced_among` (bound parameters per statement)
+ASK_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -35,17 +42,21 @@ class LifecycleQueries:
     # -- pins -------------------------------------------------------------------------------
 
     def pin(self, repo_pk: int, commit: str, revision: str, note: str) -> bool:
-        with self.engine.begin() as c:
-            exists = c.execute(sa.select(t.pins.c.commit).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)).first()
-            if exists:
-                c.execute(sa.update(t.pins).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)
-                          .values(note=note or sa.literal_column("note"), revision=revision))
-                return False
-            c.execute(sa.insert(t.pins).values(repo=repo_pk, commit=commit, revision=revision, note=note, created_at=utcnow()))
-            return True
+        """Pin a commit (True), or update the revision and, if given, the note of its pin (False)."""
+        with write(self.engine) as c:
+            created = c.execute(insert(c, t.pins).values(
+                repo=repo_pk, commit=commit, revision=revision, note=note, created_at=utcnow(),
+            ).on_conflict_do_nothing(index_elements=["repo", "commit"])).rowcount
+            if created:
+                return True
+            values: dict[str, Any] = {"revision": revision}
+            if note:
+                values["note"] = note
+            c.execute(sa.update(t.pins).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit).values(**values))
+            return False
 
     def unpin(self, repo_pk: int, commit: str) -> bool:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             return bool(c.execute(sa.delete(t.pins).where(t.pins.c.repo == repo_pk, t.pins.c.commit == commit)).rowcount)
 
     def pins(self) -> list[dict[str, Any]]:
@@ -64,7 +75,7 @@ class LifecycleQueries:
               **detail: Any) -> None:
         """Record an action. `actor` names who did it (`cli:alice`, `user:bob (token ci)`), `client` where
         from (`local`, an address). Callers never put a token, hash or secret in `detail`."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.insert(t.audit_log).values(
                 at=utcnow(), action=action, repo_type=ref.repo_type.value if ref else None,
                 repo_id=ref.repo_id if ref else None, detail=json.dumps(detail, default=str),
@@ -102,14 +113,12 @@ class LifecycleQueries:
 
     def mark_gone(self, repo_pk: int, message: str) -> bool:
         """True if this is news (the repo was not marked yet)."""
-        with self.engine.begin() as c:
-            if c.execute(sa.select(t.repo_gone.c.repo).where(t.repo_gone.c.repo == repo_pk)).first():
-                return False
-            c.execute(sa.insert(t.repo_gone).values(repo=repo_pk, since=utcnow(), message=message[:1000]))
-            return True
+        with write(self.engine) as c:
+            return bool(c.execute(insert(c, t.repo_gone).values(repo=repo_pk, since=utcnow(), message=message[:1000])
+                                  .on_conflict_do_nothing(index_elements=["repo"])).rowcount)
 
     def clear_gone(self, repo_pk: int) -> None:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.delete(t.repo_gone).where(t.repo_gone.c.repo == repo_pk))
 
     def gone(self) -> dict[int, tuple[datetime, str]]:
@@ -119,28 +128,49 @@ class LifecycleQueries:
     # -- retention, gc, purge ---------------------------------------------------------------
 
     def all_commits(self) -> list[tuple[int, str, str]]:
-        """(repo pk, repo origin, commit sha) of every recorded commit."""
-        q = sa.select(t.commits.c.repo, t.repos.c.origin, t.commits.c.sha).join(t.repos, t.repos.c.id == t.commits.c.repo)
+        """(repo pk, repo origin, commit sha) of every recorded commit (gc streams `retention_view`)."""
         with self.engine.connect() as c:
-            return [(r.repo, r.origin, r.sha) for r in c.execute(q).all()]
+            return list(_commits(c))
 
     def all_refs(self) -> list[tuple[int, str, str]]:
         with self.engine.connect() as c:
-            return [(r.repo, r.name, r.commit) for r in c.execute(sa.select(t.refs)).all()]
+            return list(_refs(c))
 
     def ref_log_all(self) -> list[tuple[int, str, str | None, datetime]]:
         """(repo, ref name, new commit, at), oldest first."""
-        q = sa.select(t.ref_log.c.repo, t.ref_log.c.name, t.ref_log.c.new_commit, t.ref_log.c.at).order_by(t.ref_log.c.id)
         with self.engine.connect() as c:
-            return [(r.repo, r.name, r.new_commit, r.at) for r in c.execute(q).all()]
+            return list(_ref_log(c))
 
     def pinned_commits(self) -> set[tuple[int, str]]:
         with self.engine.connect() as c:
-            return {(r.repo, r.commit) for r in c.execute(sa.select(t.pins.c.repo, t.pins.c.commit)).all()}
+            return set(_pins(c))
+
+    @contextmanager
+    def retention_view(self) -> Iterator[RetentionView]:
+        """One consistent snapshot of what retention reads (repos, refs, pins, ref log, commits), each
+        streamed in batches: gc's memory does not grow with the size of these tables' reads, and a
+        commit recorded while it reads is either seen with its refs or not at all."""
+        with self.engine.connect() as c:
+            if c.dialect.name == "postgresql":
+                c = c.execution_options(isolation_level="REPEATABLE READ")
+                c.execute(sa.text("SELECT 1"))  # the snapshot is taken by the first statement
+            else:
+                # pysqlite only opens a transaction before a write: without one each SELECT would
+                # read its own snapshot (a WAL read transaction lets writers go on)
+                c.exec_driver_sql("BEGIN")
+            try:
+                yield RetentionView(c)
+            finally:
+                c.rollback()
+
+    def count_commits(self, repo_pk: int) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(t.commits)
+                                 .where(t.commits.c.repo == repo_pk)).scalar() or 0)
 
     def delete_commits(self, commits: Iterable[tuple[int, str]]) -> int:
         n = 0
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             for repo, sha in commits:
                 c.execute(sa.delete(t.entries).where(t.entries.c.repo == repo, t.entries.c.commit == sha))
                 c.execute(sa.delete(t.upstream_info).where(t.upstream_info.c.repo == repo, t.upstream_info.c.commit == sha))
@@ -148,23 +178,41 @@ class LifecycleQueries:
         return n
 
     def referenced_blobs(self, excluding: set[tuple[int, str]] | None = None) -> set[str]:
-        """Every blob some recorded commit references, not counting the (repo, commit)s `excluding`."""
+        """Every blob some recorded commit references, not counting the (repo, commit)s `excluding`.
+        The answer holds every referenced blob: gc asks `referenced_among` batch by batch instead."""
+        e = t.entries.c
         with self.engine.connect() as c:
             if not excluding:
-                return {r.sha256 for r in c.execute(
-                    sa.select(t.entries.c.sha256).where(t.entries.c.sha256.is_not(None)).distinct()).all()}
-            rows = c.execute(sa.select(t.entries.c.repo, t.entries.c.commit, t.entries.c.sha256)
-                             .where(t.entries.c.sha256.is_not(None)).distinct()).all()
-        return {r.sha256 for r in rows if (r.repo, r.commit) not in excluding}
+                q = sa.select(e.sha256).where(e.sha256.is_not(None)).distinct()
+                return {r.sha256 for r in _stream(c, q)}
+            q = sa.select(e.repo, e.commit, e.sha256).where(e.sha256.is_not(None)).distinct()
+            return {r.sha256 for r in _stream(c, q) if (r.repo, r.commit) not in excluding}
+
+    def referenced_among(self, shas: Iterable[str], excluding: Collection[tuple[int, str]] | None = None) -> set[str]:
+        """Those of `shas` that some recorded commit references, not counting the (repo, commit)s
+        `excluding`: `referenced_blobs() & set(shas)`, asked ASK_BATCH blobs at a time (by the
+        entries' sha256 index), so that a sweep over millions of blobs holds one batch at a time."""
+        e = t.entries.c
+        wanted = sorted(set(shas))
+        out: set[str] = set()
+        with self.engine.connect() as c:
+            for i in range(0, len(wanted), ASK_BATCH):
+                part = wanted[i : i + ASK_BATCH]
+                if not excluding:
+                    q = sa.select(e.sha256).where(e.sha256.in_(part)).distinct()
+                    out.update(r.sha256 for r in c.execute(q))
+                else:
+                    q = sa.select(e.repo, e.commit, e.sha256).where(e.sha256.in_(part)).distinct()
+                    out.update(r.sha256 for r in c.execute(q) if (r.repo, r.commit) not in excluding)
+        return out
 
     def blobs_of_repo(self, repo_pk: int) -> set[str]:
         with self.engine.connect() as c:
-            return {r.sha256 for r in c.execute(
-                sa.select(t.entries.c.sha256).where(t.entries.c.repo == repo_pk, t.entries.c.sha256.is_not(None))
-                .distinct()).all()}
+            return {r.sha256 for r in _stream(c, sa.select(t.entries.c.sha256).where(
+                t.entries.c.repo == repo_pk, t.entries.c.sha256.is_not(None)).distinct())}
 
     def delete_repo(self, repo_pk: int) -> None:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             for table in (t.entries, t.upstream_info, t.pins, t.refs, t.ref_log, t.repo_gone):
                 c.execute(sa.delete(table).where(table.c.repo == repo_pk))
             c.execute(sa.delete(t.commits).where(t.commits.c.repo == repo_pk))
@@ -205,7 +253,7 @@ class LifecycleQueries:
         """
         now = utcnow()
         try:
-            with self.engine.begin() as c:
+            with write(self.engine) as c:
                 for r in repos:
                     repo = self._repo_in(c, r.ref, r.origin, now)
                     for commit, entries in r.commits:
@@ -224,8 +272,9 @@ class LifecycleQueries:
         where = (t.repos.c.repo_type == ref.repo_type.value, t.repos.c.repo_id == ref.repo_id)
         row = c.execute(sa.select(t.repos).where(*where)).first()
         if row is None:
-            c.execute(sa.insert(t.repos).values(repo_type=ref.repo_type.value, repo_id=ref.repo_id,
-                                                created_at=now, origin=origin))
+            c.execute(insert(c, t.repos).values(repo_type=ref.repo_type.value, repo_id=ref.repo_id, created_at=now,
+                                                origin=origin).on_conflict_do_nothing(
+                index_elements=["repo_type", "repo_id"]))
             row = c.execute(sa.select(t.repos).where(*where)).one()
         return self._repo_row(row)  # type: ignore[attr-defined]
 
@@ -239,13 +288,13 @@ class LifecycleQueries:
 def _insert_commit(c: sa.Connection, repo: int, commit: Commit, entries: Iterable[Entry], now: datetime) -> bool:
     """Insert a commit and its entries unless the repo already has it (then False). The same rows
     as Catalog.record_commit writes."""
-    known = c.execute(sa.select(t.commits.c.sha).where(t.commits.c.repo == repo, t.commits.c.sha == commit.sha)).first()
-    if known:
-        return False
-    c.execute(sa.insert(t.commits).values(
+    created = c.execute(insert(c, t.commits).values(
         repo=repo, sha=commit.sha, parents=" ".join(commit.parents), tree=commit.tree, title=commit.title,
-        message=commit.message, author=commit.author,
-        date=commit.date.astimezone(timezone.utc).replace(tzinfo=None), recorded_at=now))
+        message=commit.message, author=commit.author[:200],
+        date=commit.date.astimezone(timezone.utc).replace(tzinfo=None), recorded_at=now,
+    ).on_conflict_do_nothing(index_elements=["repo", "sha"])).rowcount
+    if not created:
+        return False
     batch: list[dict[str, Any]] = []
     for e in entries:
         batch.append({"repo": repo, "commit": commit.sha, "path": e.path, "parent": e.parent, "type": e.type,
@@ -257,3 +306,63 @@ def _insert_commit(c: sa.Connection, repo: int, commit: Commit, entries: Iterabl
     if batch:
         c.execute(sa.insert(t.entries), batch)
     return True
+
+
+# -- the reads of retention, streamed ----------------------------------------------------------
+
+
+def _stream(c: sa.Connection, q: Any) -> Iterator[Any]:
+    """Rows of `q`, fetched STREAM_BATCH at a time (PostgreSQL: through a server-side cursor)."""
+    yield from c.execution_options(stream_results=True, yield_per=STREAM_BATCH).execute(q)
+
+
+def _commits(c: sa.Connection) -> Iterator[tuple[int, str, str]]:
+    q = sa.select(t.commits.c.repo, t.repos.c.origin, t.commits.c.sha).join(t.repos, t.repos.c.id == t.commits.c.repo)
+    for r in _stream(c, q):
+        yield r.repo, r.origin, r.sha
+
+
+def _refs(c: sa.Connection) -> Iterator[tuple[int, str, str]]:
+    for r in _stream(c, sa.select(t.refs.c.repo, t.refs.c.name, t.refs.c.commit)):
+        yield r.repo, r.name, r.commit
+
+
+def _ref_log(c: sa.Connection) -> Iterator[tuple[int, str, str | None, datetime]]:
+    q = sa.select(t.ref_log.c.repo, t.ref_log.c.name, t.ref_log.c.new_commit, t.ref_log.c.at).order_by(t.ref_log.c.id)
+    for r in _stream(c, q):
+        yield r.repo, r.name, r.new_commit, r.at
+
+
+def _pins(c: sa.Connection) -> Iterator[tuple[int, str]]:
+    for r in _stream(c, sa.select(t.pins.c.repo, t.pins.c.commit)):
+        yield r.repo, r.commit
+
+
+class RetentionView:
+    """What retention reads, from one snapshot (`LifecycleQueries.retention_view`). Each method
+    streams; consume one iterator before starting the next."""
+
+    def __init__(self, c: sa.Connection) -> None:
+        self._c = c
+
+    def repos(self) -> Iterator[tuple[int, RepoRef, str]]:
+        """(repo pk, repo, origin) of every repo."""
+        q = sa.select(t.repos.c.id, t.repos.c.repo_type, t.repos.c.repo_id, t.repos.c.origin)
+        for r in _stream(self._c, q):
+            yield r.id, RepoRef(RepoType(r.repo_type), r.repo_id), r.origin
+
+    def refs(self) -> Iterator[tuple[int, str, str]]:
+        """(repo pk, ref name, commit) of every ref."""
+        return _refs(self._c)
+
+    def pins(self) -> Iterator[tuple[int, str]]:
+        """(repo pk, commit) of every pin."""
+        return _pins(self._c)
+
+    def ref_log(self) -> Iterator[tuple[int, str, str | None, datetime]]:
+        """(repo pk, ref name, new commit, at) of every ref move, oldest first."""
+        return _ref_log(self._c)
+
+    def commits(self) -> Iterator[tuple[int, str, str]]:
+        """(repo pk, repo origin, commit sha) of every recorded commit."""
+        return _commits(self._c)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from ..model.mirror import MirrorSpec
 from ..model.names import RepoRef
 from . import schema as t
+from .engine import insert, write
 from .schema import utcnow
 
 
@@ -47,22 +48,15 @@ class MirrorQueries:
         return sa.and_(t.mirrors.c.repo_type == ref.repo_type.value, t.mirrors.c.repo_id == ref.repo_id)
 
     def upsert_mirror(self, spec: MirrorSpec, source: str) -> None:
-        with self.engine.begin() as c:
-            row = c.execute(sa.select(t.mirrors.c.id).where(self._where(spec.ref))).first()
-            if row:
-                c.execute(
-                    sa.update(t.mirrors).where(t.mirrors.c.id == row.id).values(spec=spec.model_dump_json(), source=source)
-                )
-            else:
-                c.execute(
-                    sa.insert(t.mirrors).values(
-                        repo_type=spec.type.value, repo_id=spec.repo, spec=spec.model_dump_json(), source=source,
-                        created_at=utcnow(),
-                    )
-                )
+        """Declare a mirror, or replace the spec and source of the one declared (its state stays)."""
+        with write(self.engine) as c:
+            ins = insert(c, t.mirrors).values(repo_type=spec.type.value, repo_id=spec.repo,
+                                              spec=spec.model_dump_json(), source=source, created_at=utcnow())
+            c.execute(ins.on_conflict_do_update(index_elements=["repo_type", "repo_id"],
+                                                set_={"spec": ins.excluded.spec, "source": ins.excluded.source}))
 
     def remove_mirror(self, ref: RepoRef) -> bool:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             return bool(c.execute(sa.delete(t.mirrors).where(self._where(ref))).rowcount)
 
     def get_mirror(self, ref: RepoRef) -> MirrorRow | None:
@@ -84,13 +78,13 @@ class MirrorQueries:
     def update_mirror_state(self, ref: RepoRef, **values: Any) -> None:
         if "upstream" in values and values["upstream"] is not None:
             values["upstream"] = json.dumps(values["upstream"])
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.update(t.mirrors).where(self._where(ref)).values(**values))
 
     # -- sync runs --------------------------------------------------------------------------
 
     def start_run(self, ref: RepoRef, trigger: str) -> int:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             res = c.execute(
                 sa.insert(t.sync_runs).values(
                     repo_type=ref.repo_type.value, repo_id=ref.repo_id, trigger=trigger, status="running",
@@ -101,7 +95,7 @@ class MirrorQueries:
 
     def close_interrupted_runs(self, ref: RepoRef) -> int:
         """Runs still marked running while we hold the repo's sync lock died (kill -9, power loss)."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             return int(c.execute(
                 sa.update(t.sync_runs)
                 .where(t.sync_runs.c.repo_type == ref.repo_type.value, t.sync_runs.c.repo_id == ref.repo_id,
@@ -112,7 +106,7 @@ class MirrorQueries:
     def finish_run(self, run_id: int, **values: Any) -> None:
         if "commits" in values:
             values["commits"] = json.dumps(values["commits"])
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.update(t.sync_runs).where(t.sync_runs.c.id == run_id).values(finished_at=utcnow(), **values))
 
     def runs(self, ref: RepoRef, limit: int = 20) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import schema as t
+from .engine import insert, prefix_end, write
 from .schema import utcnow
 
 
@@ -18,12 +19,9 @@ class ProxyQueries:
     engine: sa.Engine
 
     def save_upstream_info(self, repo_pk: int, commit: str, info: dict[str, Any]) -> None:
-        with self.engine.begin() as c:
-            exists = c.execute(
-                sa.select(t.upstream_info.c.commit).where(t.upstream_info.c.repo == repo_pk, t.upstream_info.c.commit == commit)
-            ).first()
-            if not exists:
-                c.execute(sa.insert(t.upstream_info).values(repo=repo_pk, commit=commit, info=json.dumps(info)))
+        with write(self.engine) as c:
+            c.execute(insert(c, t.upstream_info).values(repo=repo_pk, commit=commit, info=json.dumps(info))
+                      .on_conflict_do_nothing(index_elements=["repo", "commit"]))
 
     def upstream_info_for(self, repo_pk: int, commit: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
@@ -38,24 +36,26 @@ class ProxyQueries:
         return (bytes(r.body), r.link, r.fetched_at) if r else None
 
     def api_cache_put(self, key: str, body: bytes, link: str | None) -> None:
-        with self.engine.begin() as c:
-            c.execute(sa.delete(t.api_cache).where(t.api_cache.c.key == key))
-            c.execute(sa.insert(t.api_cache).values(key=key, body=body, link=link, fetched_at=utcnow()))
+        with write(self.engine) as c:
+            ins = insert(c, t.api_cache).values(key=key, body=body, link=link, fetched_at=utcnow())
+            c.execute(ins.on_conflict_do_update(index_elements=["key"], set_={
+                "body": ins.excluded.body, "link": ins.excluded.link, "fetched_at": ins.excluded.fetched_at}))
 
     def api_cache_prune(self, prefix: str, keep: int) -> int:
-        """Keep only the `keep` newest cached answers whose key starts with `prefix`."""
+        """Keep only the `keep` newest cached answers whose key starts with `prefix` (case-sensitive:
+        a byte range, not LIKE, which SQLite compares without case)."""
         a = t.api_cache.c
-        with self.engine.begin() as c:
-            cutoff = c.execute(sa.select(a.fetched_at).where(a.key.startswith(prefix, autoescape=True))
+        starts = sa.and_(a.key >= prefix, a.key < prefix_end(prefix)) if prefix else sa.true()
+        with write(self.engine) as c:
+            cutoff = c.execute(sa.select(a.fetched_at).where(starts)
                                .order_by(a.fetched_at.desc()).offset(keep).limit(1)).scalar()
             if cutoff is None:
                 return 0
-            return int(c.execute(sa.delete(t.api_cache).where(a.key.startswith(prefix, autoescape=True),
-                                                               a.fetched_at <= cutoff)).rowcount)
+            return int(c.execute(sa.delete(t.api_cache).where(starts, a.fetched_at <= cutoff)).rowcount)
 
     def fill_sha256(self, oid: str, sha256: str) -> None:
         """A regular file's bytes were fetched: every entry with that git oid now knows its sha256."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(
                 sa.update(t.entries)
                 .where(t.entries.c.oid == oid, t.entries.c.lfs == sa.false(), t.entries.c.sha256.is_(None))
@@ -63,38 +63,39 @@ class ProxyQueries:
             )
 
     def touch_blobs(self, accesses: dict[str, tuple[int, bool, datetime]]) -> None:
-        """Record the last access of blobs (sha256 -> (size, filled by pull-through, when))."""
+        """Record the last access of blobs (sha256 -> (size, filled by pull-through, when)), in one
+        upsert: a blob stays "proxied" (evictable) only while every access says so, its size is the
+        first one recorded, and its last access never moves backwards (batches of several
+        replicas arrive in any order)."""
         if not accesses:
             return
-        with self.engine.begin() as c:
-            known = {
-                r.sha256: bool(r.proxied)
-                for r in c.execute(sa.select(t.blob_access).where(t.blob_access.c.sha256.in_(list(accesses)))).all()
-            }
-            for sha, (size, proxied, when) in accesses.items():
-                if sha in known:
-                    c.execute(
-                        sa.update(t.blob_access).where(t.blob_access.c.sha256 == sha)
-                        .values(last_access=when, proxied=known[sha] and proxied)
-                    )
-                else:
-                    c.execute(sa.insert(t.blob_access).values(sha256=sha, size=size, proxied=proxied, last_access=when))
+        b = t.blob_access.c
+        # in key order: two replicas upserting overlapping batches lock rows in the same order
+        rows = [{"sha256": sha, "size": size, "proxied": bool(proxied), "last_access": when}
+                for sha, (size, proxied, when) in sorted(accesses.items())]
+        with write(self.engine) as c:
+            ins = insert(c, t.blob_access)
+            new = ins.excluded
+            c.execute(ins.on_conflict_do_update(index_elements=["sha256"], set_={
+                "proxied": sa.and_(b.proxied, new.proxied),
+                "last_access": sa.case((new.last_access > b.last_access, new.last_access), else_=b.last_access),
+            }), rows)
 
     def eviction_candidates(self, limit: int = 1000) -> list[tuple[str, int]]:
         """Blobs filled by pull-through, least recently used first, that no hosted or declared
         mirror's commit references (those are never evicted)."""
-        protected = sa.union(
-            sa.select(t.entries.c.sha256)
-            .join(t.repos, t.repos.c.id == t.entries.c.repo)
-            .where(t.repos.c.origin.in_(["local", "mirror"]), t.entries.c.sha256.is_not(None)),
-            sa.select(t.entries.c.sha256)
-            .join(t.pins, sa.and_(t.pins.c.repo == t.entries.c.repo, t.pins.c.commit == t.entries.c.commit))
-            .where(t.entries.c.sha256.is_not(None)),
-        )
+        b, e = t.blob_access.c, t.entries.c
+        # NOT EXISTS, each by the entries' sha256 index (NOT IN a union of every protected blob
+        # would build that whole set first, and on PostgreSQL degrade past work_mem)
+        kept = (sa.select(1).select_from(t.entries.join(t.repos, t.repos.c.id == e.repo))
+                .where(e.sha256 == b.sha256, t.repos.c.origin.in_(["local", "mirror"])))
+        pinned = (sa.select(1).select_from(t.entries.join(t.pins, sa.and_(t.pins.c.repo == e.repo,
+                                                                          t.pins.c.commit == e.commit)))
+                  .where(e.sha256 == b.sha256))
         q = (
-            sa.select(t.blob_access.c.sha256, t.blob_access.c.size)
-            .where(t.blob_access.c.proxied == sa.true(), t.blob_access.c.sha256.not_in(sa.select(protected.subquery())))
-            .order_by(t.blob_access.c.last_access)
+            sa.select(b.sha256, b.size)
+            .where(b.proxied == sa.true(), ~kept.exists(), ~pinned.exists())
+            .order_by(b.last_access, b.sha256)
             .limit(limit)
         )
         with self.engine.connect() as c:
@@ -107,7 +108,7 @@ class ProxyQueries:
         return int(v or 0)
 
     def forget_blob(self, sha256: str) -> None:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.delete(t.blob_access).where(t.blob_access.c.sha256 == sha256))
 
     def sha256_for_oids(self, oids: Iterable[str]) -> dict[str, str]:
@@ -139,19 +140,19 @@ class ProxyQueries:
     # -- fills that sent unverified bytes ---------------------------------------------------
 
     def fill_started(self, key: str, spool: str | None) -> int:
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             res = c.execute(sa.insert(t.unverified_fills).values(key=key, started_at=utcnow(), spool=spool))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def fill_forget(self, fill_id: int) -> None:
         """The fill verified, or no byte of it reached a client, or its bytes proved right."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.delete(t.unverified_fills).where(t.unverified_fills.c.id == fill_id))
 
     def fill_failed(self, fill_id: int, prefix_len: int, prefix_sha256: str, sent_end: int | None) -> None:
         """The fill ended unverified after sending bytes: remember what it had written and how far
         its bytes reached clients."""
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.update(t.unverified_fills).where(t.unverified_fills.c.id == fill_id)
                       .values(prefix_len=prefix_len, prefix_sha256=prefix_sha256, sent_end=sent_end))
 
@@ -167,7 +168,7 @@ class ProxyQueries:
         did not verify (NULLs: their process died), dropping those older than `max_age` seconds."""
         cutoff = utcnow() - timedelta(seconds=max_age)
         u = t.unverified_fills.c
-        with self.engine.begin() as c:
+        with write(self.engine) as c:
             c.execute(sa.delete(t.unverified_fills).where(u.started_at < cutoff))
             rows = c.execute(sa.select(u.id, u.key, u.started_at, u.prefix_len, u.prefix_sha256, u.sent_end)).all()
         return [(r.id, r.key, r.started_at, r.prefix_len, r.prefix_sha256, r.sent_end) for r in rows]

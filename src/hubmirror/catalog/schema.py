@@ -1,9 +1,15 @@
 """Catalog tables (SQLAlchemy Core). The migrations under migrations/versions create them;
-change both together and add a new migration, never edit an applied one."""
+change both together and add a new migration, never edit an applied one.
+
+On PostgreSQL the text columns that are ordered, ranged or paged by (entries.path and .parent,
+repos.repo_id, mirrors.repo_id, refs.name, api_cache.key, users.name, tokens.name,
+group_members.group) have the "C" collation: byte order, as SQLite's BINARY (see `bytewise`).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -15,13 +21,44 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def bytewise(type_: sa.String) -> sa.types.TypeEngine[str]:
+    """A text type that compares and sorts by bytes on both databases: SQLite's default BINARY
+    collation, and on PostgreSQL the "C" collation on the column.
+
+    The queries order tree listings by path, select a folder's subtree with the range
+    `under/ < path < under0`, page with `path > after`, and list repos, mirrors, users, groups and
+    tokens in byte order. A PostgreSQL database created with a language's collation (en_US, ICU)
+    sorts "a-b" before "a/b" and "B" between "b" and "c", which breaks the order, the range and the
+    cursor. The collation belongs to the column rather than to each query (`COLLATE "C"`): the
+    primary key and the other indexes are then in byte order, so ORDER BY path and the ranges use
+    them instead of sorting every entry of a commit for each page. Equality is exact either way.
+
+    The migrations that create these columns use it too: on SQLite their DDL is what it always
+    was; PostgreSQL catalogs are created with it from the first migration on."""
+    return type_.with_variant(type(type_)(type_.length, collation="C"), "postgresql")
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """DATETIME (SQLite) / TIMESTAMP WITHOUT TIME ZONE (PostgreSQL) holding naive UTC. An aware
+    value is converted to UTC before it is written or compared: SQLite would drop its offset and
+    PostgreSQL would shift it to the session's time zone."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+
 repos = sa.Table(
     "repos",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("repo_type", sa.String(16), nullable=False),
-    sa.Column("repo_id", sa.String(200), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("repo_id", bytewise(sa.String(200)), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("gated", sa.String(16), nullable=True),
     sa.Column("origin", sa.String(8), nullable=False, server_default="local"),  # local | mirror | proxy (0003)
@@ -38,8 +75,8 @@ commits = sa.Table(
     sa.Column("title", sa.Text, nullable=False, server_default=""),
     sa.Column("message", sa.Text, nullable=False, server_default=""),
     sa.Column("author", sa.String(200), nullable=False, server_default=""),
-    sa.Column("date", sa.DateTime, nullable=False),
-    sa.Column("recorded_at", sa.DateTime, nullable=False),
+    sa.Column("date", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
 )
 
 entries = sa.Table(
@@ -47,8 +84,8 @@ entries = sa.Table(
     metadata,
     sa.Column("repo", sa.Integer, primary_key=True),
     sa.Column("commit", sa.String(40), primary_key=True),
-    sa.Column("path", sa.Text, primary_key=True),
-    sa.Column("parent", sa.Text, nullable=False),
+    sa.Column("path", bytewise(sa.Text()), primary_key=True),
+    sa.Column("parent", bytewise(sa.Text()), nullable=False),
     sa.Column("type", sa.String(9), nullable=False),  # file | directory
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("oid", sa.String(40), nullable=False),
@@ -65,9 +102,9 @@ refs = sa.Table(
     "refs",
     metadata,
     sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("name", sa.String(300), primary_key=True),  # full name: refs/heads/main, refs/tags/v1, refs/pr/1
+    sa.Column("name", bytewise(sa.String(300)), primary_key=True),  # full name: refs/heads/main, refs/tags/v1, refs/pr/1
     sa.Column("commit", sa.String(40), nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
 ref_log = sa.Table(
@@ -78,7 +115,7 @@ ref_log = sa.Table(
     sa.Column("name", sa.String(300), nullable=False),
     sa.Column("old_commit", sa.String(40), nullable=True),
     sa.Column("new_commit", sa.String(40), nullable=True),
-    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Index("ix_ref_log_repo_name", "repo", "name", "id"),
 )
@@ -88,16 +125,16 @@ mirrors = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("repo_type", sa.String(16), nullable=False),
-    sa.Column("repo_id", sa.String(200), nullable=False),
+    sa.Column("repo_id", bytewise(sa.String(200)), nullable=False),
     sa.Column("spec", sa.Text, nullable=False),  # JSON: revisions, include, exclude, schedule, enabled
     sa.Column("source", sa.String(16), nullable=False),  # cli | config
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("next_run_at", sa.DateTime, nullable=True),
-    sa.Column("last_check_at", sa.DateTime, nullable=True),
-    sa.Column("last_sync_at", sa.DateTime, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("next_run_at", UtcDateTime, nullable=True),
+    sa.Column("last_check_at", UtcDateTime, nullable=True),
+    sa.Column("last_sync_at", UtcDateTime, nullable=True),
     sa.Column("upstream", sa.Text, nullable=True),  # JSON: revision -> upstream commit at the last check
     sa.Column("last_error", sa.Text, nullable=True),
-    sa.Column("last_error_at", sa.DateTime, nullable=True),
+    sa.Column("last_error_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("repo_type", "repo_id", name="uq_mirrors_type_id"),
 )
 
@@ -109,8 +146,8 @@ sync_runs = sa.Table(
     sa.Column("repo_id", sa.String(200), nullable=False),
     sa.Column("trigger", sa.String(16), nullable=False),  # cli | schedule | webhook | api
     sa.Column("status", sa.String(16), nullable=False),  # running | synced | up-to-date | failed
-    sa.Column("started_at", sa.DateTime, nullable=False),
-    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.Column("commits", sa.Text, nullable=True),  # JSON: revision -> commit
     sa.Column("files_fetched", sa.Integer, nullable=False, server_default="0"),
     sa.Column("bytes_fetched", sa.BigInteger, nullable=False, server_default="0"),
@@ -135,10 +172,10 @@ upstream_info = sa.Table(
 api_cache = sa.Table(
     "api_cache",
     metadata,
-    sa.Column("key", sa.String(1000), primary_key=True),
+    sa.Column("key", bytewise(sa.String(1000)), primary_key=True),
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("link", sa.Text, nullable=True),  # upstream Link rel=next, as a path+query on the upstream
-    sa.Column("fetched_at", sa.DateTime, nullable=False),
+    sa.Column("fetched_at", UtcDateTime, nullable=False),
 )
 
 blob_access = sa.Table(
@@ -147,7 +184,7 @@ blob_access = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("proxied", sa.Boolean, nullable=False),  # filled by pull-through (evictable)
-    sa.Column("last_access", sa.DateTime, nullable=False),
+    sa.Column("last_access", UtcDateTime, nullable=False),
     sa.Index("ix_blob_access_lru", "proxied", "last_access"),
 )
 
@@ -159,14 +196,14 @@ pins = sa.Table(
     sa.Column("commit", sa.String(40), primary_key=True),
     sa.Column("revision", sa.String(300), nullable=False),  # what was asked when pinning
     sa.Column("note", sa.Text, nullable=False, server_default=""),
-    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
 audit_log = sa.Table(
     "audit_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("action", sa.String(40), nullable=False),
     sa.Column("repo_type", sa.String(16), nullable=True),
     sa.Column("repo_id", sa.String(200), nullable=True),
@@ -178,7 +215,7 @@ repo_gone = sa.Table(
     "repo_gone",
     metadata,
     sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("since", sa.DateTime, nullable=False),
+    sa.Column("since", UtcDateTime, nullable=False),
     sa.Column("message", sa.Text, nullable=False, server_default=""),
 )
 
@@ -189,7 +226,7 @@ unverified_fills = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("key", sa.String(80), nullable=False),  # sha256:<hex> (LFS) or oid:<git blob sha1>
-    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
     # what the fill had written when it failed (NULL: its process died), to compare with a verified copy
     sa.Column("prefix_len", sa.BigInteger, nullable=True),
     sa.Column("prefix_sha256", sa.String(64), nullable=True),
@@ -203,8 +240,8 @@ users = sa.Table(
     "users",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("name", bytewise(sa.String(64)), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("name", name="uq_users_name"),
 )
 
@@ -212,7 +249,7 @@ group_members = sa.Table(
     "group_members",
     metadata,
     sa.Column("user", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("group", sa.String(64), primary_key=True),
+    sa.Column("group", bytewise(sa.String(64)), primary_key=True),
     sa.Index("ix_group_members_group", "group"),
 )
 
@@ -220,15 +257,15 @@ tokens = sa.Table(
     "tokens",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("name", bytewise(sa.String(64)), nullable=False),
     sa.Column("user", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),  # sha256 hex of the token; the token itself is never stored
     sa.Column("role", sa.String(8), nullable=False),  # read | write | admin
     sa.Column("repos", sa.Text, nullable=True),  # JSON list of repo patterns the token is limited to; NULL: none
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("expires_at", sa.DateTime, nullable=True),
-    sa.Column("revoked_at", sa.DateTime, nullable=True),
-    sa.Column("last_used_at", sa.DateTime, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.Column("last_used_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("name", name="uq_tokens_name"),
     sa.UniqueConstraint("hash", name="uq_tokens_hash"),
     sa.Index("ix_tokens_user", "user"),

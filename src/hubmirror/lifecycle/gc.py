@@ -15,18 +15,24 @@ moment they publish a blob until the catalog references it: a blob is never swep
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..catalog import Catalog
+from ..coord.base import Coordinator
+from ..coord.local import as_coordinator
 from ..errors import RepoNotFound
-from ..locks import GcLock
 from ..model.mirror import MirrorSpec
 from ..model.names import RepoRef
 from ..store import BlobStore
 
 log = logging.getLogger("hubmirror.gc")
+
+SWEEP_BATCH = 1000  # blobs of the store checked against the catalog at a time
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,58 +48,72 @@ class GcReport:
 
 
 def commits_to_drop(catalog: Catalog, mirrors: dict[RepoRef, MirrorSpec]) -> list[tuple[int, str]]:
-    commits = catalog.all_commits()
-    origin = {repo: o for repo, o, _ in commits}
-    keep: set[tuple[int, str]] = {(repo, c) for repo, _, c in catalog.all_refs()} | catalog.pinned_commits()
-    keep |= {(repo, c) for repo, o, c in commits if o == "local"}
-    pk_to_ref: dict[int, RepoRef] = {}
-    for r in catalog.list_repos():
-        pk_to_ref[r.pk] = r.ref
-    history: dict[tuple[int, str], list[str]] = defaultdict(list)
-    for repo, name, new, _at in catalog.ref_log_all():
-        if new:
-            history[(repo, name)].append(new)
-    for (repo, name), seq in history.items():
-        if origin.get(repo) != "mirror":
-            continue
-        spec = mirrors.get(pk_to_ref.get(repo))  # type: ignore[arg-type]
-        keep_last = spec.keep_last if spec else None
-        keep_tags = spec.keep_tags if spec else True
-        if name.startswith("refs/tags/"):
-            if keep_tags:
-                keep |= {(repo, c) for c in seq}
-            continue
-        newest_first = list(dict.fromkeys(reversed(seq)))
-        kept = newest_first if keep_last is None else newest_first[:keep_last]
-        keep |= {(repo, c) for c in kept}
-    for repo, o, c in commits:  # mirror commits never named by a ref (a synced sha) stay unless retention is set
-        if o == "mirror":
-            spec = mirrors.get(pk_to_ref.get(repo))  # type: ignore[arg-type]
-            if spec is None or spec.keep_last is None:
-                keep.add((repo, c))
-    return [(repo, c) for repo, _, c in commits if (repo, c) not in keep]
+    """The (repo pk, commit) that retention drops. Reads one snapshot of the catalog, streamed:
+    memory holds the kept commits, never the whole ref log or every commit at once."""
+    with catalog.retention_view() as view:
+        policy: dict[int, tuple[int | None, bool]] = {}  # mirror repo -> (keep_last, keep_tags)
+        for pk, ref, o in view.repos():
+            if o == "mirror":
+                spec = mirrors.get(ref)
+                policy[pk] = (spec.keep_last, spec.keep_tags) if spec else (None, True)
+        keep: set[tuple[int, str]] = {(repo, c) for repo, _, c in view.refs()}
+        keep.update(view.pins())
+        # per mirror branch with keep_last: its newest `keep_last` distinct commits, by the order of
+        # their last appearance in the ref log (what `dict.fromkeys(reversed(seq))[:keep_last]` gives)
+        recent: dict[tuple[int, str], OrderedDict[str, None]] = {}
+        for repo, name, new, _at in view.ref_log():
+            if not new or repo not in policy:
+                continue
+            keep_last, keep_tags = policy[repo]
+            if name.startswith("refs/tags/"):
+                if keep_tags:
+                    keep.add((repo, new))
+                continue
+            if keep_last is None:
+                keep.add((repo, new))
+                continue
+            seen = recent.setdefault((repo, name), OrderedDict())
+            seen.pop(new, None)
+            seen[new] = None
+            if len(seen) > keep_last:
+                seen.popitem(last=False)
+        for (repo, _name), seen in recent.items():
+            keep.update((repo, c) for c in seen)
+        drop: list[tuple[int, str]] = []
+        for repo, o, c in view.commits():
+            if o == "local":
+                continue
+            # mirror commits never named by a ref (a synced sha) stay unless retention is set
+            if o == "mirror" and policy.get(repo, (None, True))[0] is None:
+                continue
+            if (repo, c) not in keep:
+                drop.append((repo, c))
+    return drop
 
 
-def gc(catalog: Catalog, store: BlobStore, data: Path, *, mirrors: dict[RepoRef, MirrorSpec],
+def gc(catalog: Catalog, store: BlobStore, data: Coordinator | Path, *, mirrors: dict[RepoRef, MirrorSpec],
        dry_run: bool = False, actor: str | None = None, client: str | None = None) -> GcReport:
     """Apply retention and delete unreferenced blobs; a real run is audited with `actor` and `client`."""
     report = GcReport(dry_run)
-    with GcLock(data, exclusive=True):
+    with _coord(data).gc_lock(exclusive=True):
         drop = commits_to_drop(catalog, mirrors)
         names = {r.pk: str(r.ref) for r in catalog.list_repos()}
         report.commits_removed = [(names.get(repo, str(repo)), c) for repo, c in drop]
         if not dry_run and drop:
             catalog.delete_commits(drop)
-        # a dry run asks what would stay referenced; a real run asks after deleting
-        referenced = catalog.referenced_blobs(excluding=set(drop) if dry_run else None)
-        for info in store.list():
-            if info.sha256 in referenced:
-                continue
-            report.blobs_deleted += 1
-            report.bytes_freed += info.size
-            if not dry_run:
-                store.delete(info.sha256)
-                catalog.forget_blob(info.sha256)
+        # a dry run asks what would stay referenced; a real run asks after deleting. The store is
+        # swept a batch at a time, each batch asked about at once: memory stays bounded
+        excluding = set(drop) if dry_run else None
+        for batch in _batches(store.list(), SWEEP_BATCH):
+            referenced = catalog.referenced_among((info.sha256 for info in batch), excluding=excluding)
+            for info in batch:
+                if info.sha256 in referenced:
+                    continue
+                report.blobs_deleted += 1
+                report.bytes_freed += info.size
+                if not dry_run:
+                    store.delete(info.sha256)
+                    catalog.forget_blob(info.sha256)
     if not dry_run:
         catalog.audit("gc", None, actor=actor, client=client, commits_removed=len(drop), blobs_deleted=report.blobs_deleted,
                       bytes_freed=report.bytes_freed)
@@ -108,20 +128,19 @@ class PurgeReport:
     bytes_freed: int
 
 
-def purge(catalog: Catalog, store: BlobStore, data: Path, ref: RepoRef, *, reason: str = "",
+def purge(catalog: Catalog, store: BlobStore, data: Coordinator | Path, ref: RepoRef, *, reason: str = "",
           actor: str | None = None, client: str | None = None) -> PurgeReport:
     """Remove a repo and every blob no other repo uses. Irrecoverable; written to the audit log."""
-    with GcLock(data, exclusive=True):
+    with _coord(data).gc_lock(exclusive=True):
         repo = catalog.get_repo(ref)
         if repo is None:
             raise RepoNotFound(f"Repository not found: {ref}")
         mine = catalog.blobs_of_repo(repo.pk)
-        commits = sum(1 for r, _o, _c in catalog.all_commits() if r == repo.pk)
+        commits = catalog.count_commits(repo.pk)
         catalog.delete_repo(repo.pk)
         catalog.remove_mirror(ref)
-        others = catalog.referenced_blobs()
         deleted, freed = 0, 0
-        for sha in mine - others:
+        for sha in sorted(mine - catalog.referenced_among(mine)):
             info = store.stat(sha)
             if store.delete(sha):
                 deleted += 1
@@ -129,3 +148,18 @@ def purge(catalog: Catalog, store: BlobStore, data: Path, ref: RepoRef, *, reaso
             catalog.forget_blob(sha)
         catalog.audit("purge", ref, actor=actor, client=client, commits=commits, blobs_deleted=deleted, bytes_freed=freed, reason=reason)
     return PurgeReport(str(ref), commits, deleted, freed)
+
+
+def _batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _coord(x: Coordinator | Path) -> Coordinator:
+    return as_coordinator(x)  # type: ignore[return-value]

@@ -7,6 +7,9 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
+# bytewise: the "C" collation on PostgreSQL; on SQLite the type as it always was
+from hubmirror.catalog.schema import bytewise
+
 revision = "0001"
 down_revision = None
 
@@ -16,7 +19,7 @@ def upgrade() -> None:
         "repos",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("repo_type", sa.String(16), nullable=False),
-        sa.Column("repo_id", sa.String(200), nullable=False),
+        sa.Column("repo_id", bytewise(sa.String(200)), nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("gated", sa.String(16), nullable=True),
@@ -38,8 +41,8 @@ def upgrade() -> None:
         "entries",
         sa.Column("repo", sa.Integer, primary_key=True),
         sa.Column("commit", sa.String(40), primary_key=True),
-        sa.Column("path", sa.Text, primary_key=True),
-        sa.Column("parent", sa.Text, nullable=False),
+        sa.Column("path", bytewise(sa.Text()), primary_key=True),
+        sa.Column("parent", bytewise(sa.Text()), nullable=False),
         sa.Column("type", sa.String(9), nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("oid", sa.String(40), nullable=False),
@@ -54,7 +57,7 @@ def upgrade() -> None:
     op.create_table(
         "refs",
         sa.Column("repo", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("name", sa.String(300), primary_key=True),
+        sa.Column("name", bytewise(sa.String(300)), primary_key=True),
         sa.Column("commit", sa.String(40), nullable=False),
         sa.Column("updated_at", sa.DateTime, nullable=False),
     )

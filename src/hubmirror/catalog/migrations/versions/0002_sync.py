@@ -7,6 +7,9 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
+# bytewise: the "C" collation on PostgreSQL; on SQLite the type as it always was
+from hubmirror.catalog.schema import bytewise
+
 revision = "0002"
 down_revision = "0001"
 
@@ -16,7 +19,7 @@ def upgrade() -> None:
         "mirrors",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("repo_type", sa.String(16), nullable=False),
-        sa.Column("repo_id", sa.String(200), nullable=False),
+        sa.Column("repo_id", bytewise(sa.String(200)), nullable=False),
         sa.Column("spec", sa.Text, nullable=False),
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),

@@ -7,6 +7,9 @@ Revises: 0002
 import sqlalchemy as sa
 from alembic import op
 
+# bytewise: the "C" collation on PostgreSQL; on SQLite the type as it always was
+from hubmirror.catalog.schema import bytewise
+
 revision = "0003"
 down_revision = "0002"
 
@@ -22,7 +25,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "api_cache",
-        sa.Column("key", sa.String(1000), primary_key=True),
+        sa.Column("key", bytewise(sa.String(1000)), primary_key=True),
         sa.Column("body", sa.LargeBinary, nullable=False),
         sa.Column("link", sa.Text, nullable=True),
         sa.Column("fetched_at", sa.DateTime, nullable=False),

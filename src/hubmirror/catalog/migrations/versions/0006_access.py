@@ -7,6 +7,9 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
+# bytewise: the "C" collation on PostgreSQL; on SQLite the type as it always was
+from hubmirror.catalog.schema import bytewise
+
 revision = "0006"
 down_revision = "0005"
 
@@ -15,20 +18,20 @@ def upgrade() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("name", bytewise(sa.String(64)), nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.UniqueConstraint("name", name="uq_users_name"),
     )
     op.create_table(
         "group_members",
         sa.Column("user", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("group", sa.String(64), primary_key=True),
+        sa.Column("group", bytewise(sa.String(64)), primary_key=True),
     )
     op.create_index("ix_group_members_group", "group_members", ["group"])
     op.create_table(
         "tokens",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("name", bytewise(sa.String(64)), nullable=False),
         sa.Column("user", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("role", sa.String(8), nullable=False),
