@@ -254,6 +254,12 @@ class Metrics:
                 resumes.add_metric(["proven"], st.resumes_proven)
                 resumes.add_metric(["refused"], st.resumes_refused)
                 yield resumes
+                shared = CounterMetricFamily("hubmirror_fills_shared",
+                                             "Blobs another process was filling: followed through its spool "
+                                             "file (this box) or waited for (another replica)", labels=["how"])
+                shared.add_metric(["followed"], st.followed)
+                shared.add_metric(["waited"], st.waited)
+                yield shared
                 yield GaugeMetricFamily("hubmirror_fills_in_flight", "Fills running now", value=filler.in_flight)
 
         self.registry.register(_Fills())

@@ -14,6 +14,8 @@ from . import schema as t
 from .engine import insert, prefix_end, write
 from .schema import utcnow
 
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
 
 class ProxyQueries:
     engine: sa.Engine
@@ -140,9 +142,20 @@ class ProxyQueries:
     # -- fills that sent unverified bytes ---------------------------------------------------
 
     def fill_started(self, key: str, spool: str | None) -> int:
+        """A fill is about to send its first unverified byte: its row says it sent nothing yet
+        (its checkpoints, `fill_failed`, then raise what it may have sent)."""
         with write(self.engine) as c:
-            res = c.execute(sa.insert(t.unverified_fills).values(key=key, started_at=utcnow(), spool=spool))
+            res = c.execute(sa.insert(t.unverified_fills).values(
+                key=key, started_at=utcnow(), spool=spool, prefix_len=0, prefix_sha256=_EMPTY_SHA256, sent_end=0))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def unverified_fills_of(self, key: str) -> list[tuple[int, datetime, int | None, str | None, int | None]]:
+        """(id, started_at, prefix_len, prefix_sha256, sent_end) of the journal rows of one blob."""
+        u = t.unverified_fills.c
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(u.id, u.started_at, u.prefix_len, u.prefix_sha256, u.sent_end)
+                             .where(u.key == key)).all()
+        return [(r.id, r.started_at, r.prefix_len, r.prefix_sha256, r.sent_end) for r in rows]
 
     def fill_forget(self, fill_id: int) -> None:
         """The fill verified, or no byte of it reached a client, or its bytes proved right."""

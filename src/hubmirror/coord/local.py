@@ -44,6 +44,17 @@ class SingleFlight(Generic[K, V]):
             self._inflight.pop(key, None)
 
 
+def claim_fd(fd: int, *, exclusive: bool = True) -> bool:
+    """Lock an open file without waiting (flock: released when its last descriptor closes, so
+    when its process dies); False if another process holds it. The spool files of writes in
+    progress are held this way: sweeps leave them alone and find the ones of dead writers."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 class FileLock:
     """flock on a file: shared or exclusive, blocking or not."""
 
@@ -72,6 +83,9 @@ class FileLock:
             os.close(self._fd)
             self._fd = None
 
+    def still_held(self) -> bool:
+        return self._fd is not None  # flock goes only with the process (or release)
+
     def __enter__(self) -> FileLock:
         self.acquire()
         return self
@@ -81,9 +95,9 @@ class FileLock:
 
 
 class _FileLease:
-    def __init__(self, name: str, lock: FileLock) -> None:
+    def __init__(self, name: str, lock: FileLock, token: int) -> None:
         self.name = name
-        self.token = 1
+        self.token = token
         self._lock = lock
 
     def renew(self) -> bool:
@@ -93,8 +107,8 @@ class _FileLease:
         self._lock.release()
 
 
-def _lease_file(root: Path, name: str) -> Path:
-    return root / "leases" / (hashlib.sha1(name.encode()).hexdigest() + ".lock")
+def _lease_file(root: Path, name: str, kind: str = "lock") -> Path:
+    return root / "leases" / (hashlib.sha1(name.encode()).hexdigest() + "." + kind)
 
 
 class LocalCoordinator:
@@ -111,12 +125,42 @@ class LocalCoordinator:
     def gc_lock(self, *, exclusive: bool = False) -> FileLock:
         return FileLock(self.root / "gc.lock", exclusive=exclusive, block=True)
 
-    def lease(self, name: str, ttl: float) -> _FileLease | None:
+    def lease(self, name: str, ttl: float, info: str = "") -> _FileLease | None:
         lock = FileLock(_lease_file(self.root, name), exclusive=True, block=False)
-        return _FileLease(name, lock) if lock.acquire() else None
+        if not lock.acquire():
+            return None
+        assert lock._fd is not None
+        # the file says "<token>\n<info>": the token of the last holder, plus one
+        try:
+            token = int(os.pread(lock._fd, 32, 0).split(b"\n", 1)[0] or 0) + 1
+        except ValueError:
+            token = 1
+        os.ftruncate(lock._fd, 0)
+        os.pwrite(lock._fd, f"{token}\n{info}".encode(), 0)
+        return _FileLease(name, lock, token)
 
     def held(self, name: str) -> bool:
-        probe = FileLock(_lease_file(self.root, name), exclusive=False, block=False)
+        return self.holder_info(name) is not None
+
+    def holder_info(self, name: str) -> str | None:
+        path = _lease_file(self.root, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if claim_fd(fd, exclusive=False):
+                return None  # nobody holds it
+            data = os.pread(fd, 4096, 0).decode(errors="replace")
+            return data.split("\n", 1)[1] if "\n" in data else ""
+        finally:
+            os.close(fd)  # (closing drops the shared claim, if taken)
+
+    def interest(self, name: str) -> FileLock:
+        return FileLock(_lease_file(self.root, name, "interest"), exclusive=False, block=False)
+
+    def interested(self, name: str) -> bool:
+        probe = FileLock(_lease_file(self.root, name, "interest"), exclusive=True, block=False)
         if probe.acquire():
             probe.release()
             return False

@@ -32,10 +32,11 @@ from .limits import Verdict
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS hubmirror_leases (
         name TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL,
-        expires_at TIMESTAMPTZ NOT NULL)""",
+        expires_at TIMESTAMPTZ NOT NULL, info TEXT NOT NULL DEFAULT '')""",
     """CREATE TABLE IF NOT EXISTS hubmirror_rate (
         bucket TEXT NOT NULL, key TEXT NOT NULL, win BIGINT NOT NULL, used INTEGER NOT NULL,
         PRIMARY KEY (bucket, key, win))""",
+    "ALTER TABLE hubmirror_leases ADD COLUMN IF NOT EXISTS info TEXT NOT NULL DEFAULT ''",
 ]
 _GC_KEY = 0x6875626D69727231  # "hubmirr1": the one gc lock
 
@@ -68,6 +69,18 @@ class _AdvisoryLock:
             return True
         conn.close()
         return False
+
+    def still_held(self) -> bool:
+        """The lock lives as long as its session: a session the server ended (a network cut, an
+        administrator) took it along, and another replica may hold it now."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute(sa.text("SELECT 1"))
+            self._conn.commit()
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
 
     def release(self) -> None:
         if self._conn is not None:
@@ -147,7 +160,7 @@ class SqlRateCounters:
                           {"w": win - 1, "b": bucket})
         reset_in = (win + 1) * window - now
         allowed = used is not None
-        return Verdict(allowed, max(0, limit - int(used)) if allowed else 0, reset_in, limit, window, bucket)
+        return Verdict(allowed, max(0, limit - int(used or 0)) if allowed else 0, reset_in, limit, window, bucket)
 
     async def hit(self, key: str, bucket: str, limit: int, window: float) -> Verdict:
         return await asyncio.to_thread(self._hit, key, bucket, limit, window)
@@ -169,20 +182,39 @@ class SqlCoordinator:
     def gc_lock(self, *, exclusive: bool = False) -> _AdvisoryLock:
         return _AdvisoryLock(self.engine, _GC_KEY, shared=not exclusive, block=True)
 
-    def lease(self, name: str, ttl: float) -> SqlLease | None:
+    def lease(self, name: str, ttl: float, info: str = "") -> SqlLease | None:
         with self.engine.begin() as c:
             token = c.execute(sa.text(
-                "INSERT INTO hubmirror_leases (name, holder, token, expires_at) "
-                "VALUES (:n, :h, 1, now() + make_interval(secs => :ttl)) "
+                "INSERT INTO hubmirror_leases (name, holder, token, expires_at, info) "
+                "VALUES (:n, :h, 1, now() + make_interval(secs => :ttl), :i) "
                 "ON CONFLICT (name) DO UPDATE SET holder = :h, token = hubmirror_leases.token + 1, "
-                "expires_at = now() + make_interval(secs => :ttl) WHERE hubmirror_leases.expires_at < now() "
-                "RETURNING token"), {"n": name, "h": self.holder, "ttl": ttl}).scalar()
-        return SqlLease(self, name, int(token), ttl) if token is not None else None
+                "expires_at = now() + make_interval(secs => :ttl), info = :i "
+                "WHERE hubmirror_leases.expires_at < now() "
+                "RETURNING token"), {"n": name, "h": self.holder, "ttl": ttl, "i": info}).scalar()
+        if token is None:
+            return None
+        lease = SqlLease(self, name, int(token), ttl)
+        lease.keep_alive()
+        return lease
 
     def held(self, name: str) -> bool:
+        return self.holder_info(name) is not None
+
+    def holder_info(self, name: str) -> str | None:
         with self.engine.connect() as c:
-            return c.execute(sa.text("SELECT 1 FROM hubmirror_leases WHERE name = :n AND expires_at > now()"),
-                             {"n": name}).first() is not None
+            row = c.execute(sa.text("SELECT info FROM hubmirror_leases WHERE name = :n AND expires_at > now()"),
+                            {"n": name}).first()
+        return None if row is None else str(row[0])
+
+    def interest(self, name: str) -> _AdvisoryLock:
+        return _AdvisoryLock(self.engine, _key(f"interest {name}"), shared=True, block=False)
+
+    def interested(self, name: str) -> bool:
+        probe = _AdvisoryLock(self.engine, _key(f"interest {name}"), shared=False, block=False)
+        if probe.acquire():
+            probe.release()
+            return False
+        return True
 
     def close(self) -> None:
         self.engine.dispose()

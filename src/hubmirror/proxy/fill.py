@@ -17,13 +17,27 @@ client C ─┘   (own fd)     (one task)    └─> written counter + condition
   connections early, never cleanly. Before its first unverified byte goes out, the fill writes a
   row into the journal (journal.py), so that a resume onto bytes of a fill that then failed is
   answered only when they prove right.
+* Unverified bytes go out only up to the fill's last checkpoint: the journal row says how many
+  bytes the fill had written and their sha256 (taken every CHECKPOINT_EVERY seconds while clients
+  wait for more). So whatever happens to the process, even kill -9, the row already bounds what
+  any client holds and proves it against the verified copy on any replica.
 * When its last client has been gone for `orphan_grace` seconds, a fill stops and closes its
-  upstream connection, unless a pinned, hosted or declared mirror's commit lists its blob.
+  upstream connection, unless a pinned, hosted or declared mirror's commit lists its blob, or
+  another process waits for it.
+
+Across processes (workers of one box, replicas sharing a database) a kept fill holds the lease
+`fill:<key>` (coord/), whose info is its spool file's name. Another process that misses the same
+blob does not download it again: on the same box it follows the spool file as it grows (a
+follower fill, streamed to its clients like a fill of its own, verified when the holder
+published the blob); elsewhere it waits until the holder published it (or gave up, or died:
+the lease lapses, and the next request fetches it). A holder renews its lease just before it
+publishes: one that lost it (stalled past its time to live) fails instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -38,7 +52,7 @@ from ..catalog import Catalog
 from ..catalog.schema import utcnow
 from ..coord.base import Coordinator
 from ..coord.local import as_coordinator
-from ..errors import HubMirrorError, InsufficientStorage
+from ..errors import HubMirrorError, InsufficientStorage, UpstreamUnavailable
 from ..hub import HubClient
 from ..model.entries import Entry
 from ..model.names import RepoRef
@@ -49,6 +63,12 @@ from .journal import Journal, Taint, hash_prefix, read_fd
 log = logging.getLogger("hubmirror.proxy")
 
 TAINTED = object()  # Filler.join: a fill of this blob failed (or is failing) meanwhile; decide again
+WAIT = object()  # Filler.join: another replica fills it: Filler.wait_remote, then decide again
+
+LEASE_TTL = 15.0  # seconds a dead holder's fill lease lasts (renewed every third of it)
+CHECKPOINT_EVERY = 0.2  # seconds between journal checkpoints while clients wait for bytes
+FOLLOW_POLL = 0.05  # seconds between looks at a followed spool file's size
+HOLDER_POLL = 0.5  # seconds between asking whether a followed or awaited holder is still at it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +83,22 @@ class FillKey:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}:{self.size}"
+
+    @property
+    def lease(self) -> str:
+        return f"fill:{self}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Remote:
+    info: str | None  # the holder's spool file name (None: its lease lapsed meanwhile)
+
+
+def _release(lease: Any) -> None:
+    try:
+        lease.release()
+    except Exception as e:  # noqa: BLE001 - it lapses on its own
+        log.warning("could not release lease %s: %s", lease.name, e)
 
 
 def key_for(entry: Entry) -> FillKey:
@@ -90,8 +126,14 @@ class Fill:
         self.wanted = False  # a pinned/hosted/mirrored commit lists it: go on without clients
         self.task: asyncio.Task[None] | None = None
         self.journal_id: int | None = None
+        self.checkpointed = 0  # unverified bytes may go to clients up to here (the journal says so)
+        self.version = 0  # grows with every change readers may wait for
+        self.lease: Any = None  # coord Lease of a kept fill (None: a follower, or not kept)
+        self.follower = False  # streams another process's fill from its spool file
         self._journaling: asyncio.Task[int | None] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
         self._journal: Callable[[Fill], Any] | None = None
+        self._checkpoint: Callable[[int, int, str], None] | None = None  # (journal id, length, sha256)
         self._on_orphan: Callable[[Fill], None] | None = None
 
     def join(self) -> FillReader:
@@ -124,23 +166,71 @@ class Fill:
             return False
         return self.journal_id is not None
 
-    async def advanced(self, n: int) -> None:
-        self.written += n
+    @property
+    def sendable(self) -> int:
+        """How far clients may be sent bytes now: all that is written once verified, else up to
+        the last checkpoint in the journal."""
+        return self.written if self.bytes_ok else min(self.written, self.checkpointed)
+
+    def want_checkpoint(self) -> None:
+        """A reader waits for written bytes past the checkpoint: keep checkpointing (one task)."""
+        if self._checkpointing is None and self.journal_id is not None and self.fd is not None:
+            self._checkpointing = asyncio.ensure_future(self._checkpoints(os.dup(self.fd)))
+
+    async def _checkpoints(self, fd: int) -> None:
+        """Every CHECKPOINT_EVERY seconds while unverified: hash what was written since the last
+        checkpoint (read back from the spool) and record (length, sha256 of the prefix) in the
+        journal row, then let readers send up to there. A failure to record stops it: readers
+        then wait for the verdict (safe)."""
+        h = hashlib.sha256()
+        hashed = 0
+
+        def extend(upto: int) -> str:
+            nonlocal hashed
+            for chunk in read_fd(fd, upto, start=hashed):
+                h.update(chunk)
+                hashed += len(chunk)
+            if hashed != upto:
+                raise OSError(f"spool file shorter than {upto} bytes")
+            return h.copy().hexdigest()
+
+        try:
+            while not self.bytes_ok and not self.done.is_set() and self.journal_id is not None:
+                target = self.written
+                if target > self.checkpointed and self._checkpoint is not None:
+                    digest = await asyncio.to_thread(extend, target)
+                    await asyncio.to_thread(self._checkpoint, self.journal_id, target, digest)
+                    self.checkpointed = target
+                    await self.changed()
+                await asyncio.sleep(CHECKPOINT_EVERY)
+        except (HubMirrorError, OSError) as e:
+            log.warning("fill of %s: journal checkpoints stopped: %s", self.key, e)
+        finally:
+            os.close(fd)
+
+    async def changed(self) -> None:
+        self.version += 1
         async with self._cond:
             self._cond.notify_all()
+
+    async def advanced(self, n: int) -> None:
+        self.written += n
+        await self.changed()
 
     async def finish(self, error: BaseException | None) -> None:
         self.error = error
         self.done.set()
-        async with self._cond:
-            self._cond.notify_all()
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+        await self.changed()
 
-    async def wait_change(self, seen: int, timeout: float) -> None:
-        """Until more than `seen` bytes are written or the fill ended, or `timeout` passed."""
+    async def wait_change(self, timeout: float) -> None:
+        """Until something changes (bytes written, a checkpoint, the end), or `timeout` passed."""
+        seen = self.version
         async with self._cond:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._cond.wait_for(lambda: self.written > seen or self.done.is_set())
+                    await self._cond.wait_for(lambda: self.version != seen or self.done.is_set())
             except TimeoutError:
                 pass
 
@@ -187,6 +277,8 @@ class FillStats:
     orphaned: int = 0  # stopped because every client had gone
     resumes_proven: int = 0  # resumes onto a failed fill's bytes, answered once proven right
     resumes_refused: int = 0
+    followed: int = 0  # another process's fill of this box streamed through its spool file
+    waited: int = 0  # waited for another replica's fill to publish
 
 
 class Filler:
@@ -224,6 +316,11 @@ class Filler:
     async def start(self) -> None:
         await self.journal.load()
 
+    async def refresh_taints(self, entry: Entry) -> None:
+        """Before deciding on a resume: learn what fills of other processes sent of this blob."""
+        own = {f.journal_id for f in self._fills.values() if f.journal_id is not None}
+        await self.journal.refresh(str(key_for(entry)), own)  # (unreadable: 503, never a guess)
+
     def taints(self, entry: Entry, start: int) -> list[Taint]:
         return self.journal.taints(str(key_for(entry)), start)
 
@@ -248,9 +345,11 @@ class Filler:
 
     async def join(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str,
                    start: int = 0) -> FillReader | None | object:
-        """Join the fill of this entry's blob: the one in flight, or a new one (after a space check).
-        None if the blob was published meanwhile (a fill that just ended): read it from the store.
-        TAINTED if a fill of it failed meanwhile after sending bytes a resume at `start` may hold."""
+        """Join the fill of this entry's blob: the one in flight here, a new one (after a space
+        check), or one another process of this box is running (followed through its spool file).
+        None if the blob was published meanwhile: read it from the store. TAINTED if a fill of it
+        failed meanwhile after sending bytes a resume at `start` may hold. WAIT if another replica
+        fills it: `wait_remote`, then decide again."""
         key = key_for(entry)
         fill = self._fills.get(key)
         if fill is not None:
@@ -260,40 +359,105 @@ class Filler:
         prepared = await asyncio.to_thread(self._prepare, entry, keep)
         if prepared is None:
             return None
-        writer, fd, wanted = prepared
+        if isinstance(prepared, _Remote):
+            return await self._follow_remote(ref, entry, prepared, start)
+        writer, fd, wanted, lease = prepared
         if self.taints(entry, start):  # no await between this check and the join below
-            await asyncio.to_thread(self._discard, writer, fd)
+            await asyncio.to_thread(self._discard, writer, fd, lease)
             return TAINTED
         fill = self._fills.get(key)  # another request may have started it meanwhile
         if fill is not None:
-            await asyncio.to_thread(self._discard, writer, fd)
+            await asyncio.to_thread(self._discard, writer, fd, lease)
             return fill.join() if fill.error is None else TAINTED
-        fill = Fill(key, entry.size, fd, writer.spool_name or "")
+        fill = self._new_fill(key, entry.size, fd, writer.spool_name or "")
         fill.wanted = wanted
-        fill._on_orphan = self._orphaned
-        fill._journal = self._journal_row
+        fill.lease = lease
         self._fills[key] = fill
         reader = fill.join()
         self.stats.started[trigger] += 1
-        task = asyncio.create_task(self._run(fill, writer, ref, commit, entry, keep, trigger),
-                                   name=f"fill {ref}/{entry.path}")
+        self._spawn(fill, self._run(fill, writer, ref, commit, entry, keep, trigger), f"fill {ref}/{entry.path}")
+        return reader
+
+    def _new_fill(self, key: FillKey, size: int, fd: int, spool: str) -> Fill:
+        fill = Fill(key, size, fd, spool)
+        fill._on_orphan = self._orphaned
+        fill._journal = self._journal_row
+        fill._checkpoint = lambda jid, n, digest: self.catalog.fill_failed(jid, n, digest, n)
+        return fill
+
+    def _spawn(self, fill: Fill, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         fill.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _follow_remote(self, ref: RepoRef, entry: Entry, remote: _Remote, start: int) -> FillReader | object:
+        """Another process holds this blob's fill lease: follow its spool file if it is on this
+        box, else WAIT."""
+        key = key_for(entry)
+        fd = await asyncio.to_thread(self.store.follow, remote.info) if remote.info else None
+        if fd is None:
+            return WAIT
+        interest = self.coord.interest(key.lease)
+        try:
+            await asyncio.to_thread(interest.acquire, False)
+        except BaseException:
+            os.close(fd)
+            raise
+        fill = self._fills.get(key)  # (started here meanwhile)
+        if fill is not None or self.taints(entry, start):
+            os.close(fd)
+            await asyncio.to_thread(interest.release)
+            if fill is not None:
+                return fill.join() if fill.error is None else TAINTED
+            return TAINTED
+        fill = self._new_fill(key, entry.size, fd, remote.info or "")
+        fill.follower = True
+        self._fills[key] = fill
+        reader = fill.join()
+        self.stats.followed += 1
+        self._spawn(fill, self._follow(fill, entry, interest), f"follow {ref}/{entry.path}")
         return reader
+
+    async def wait_remote(self, entry: Entry, alive: Callable[[], bool] | None) -> None:
+        """Until no process holds this blob's fill lease (it published the blob, gave up, or
+        died and its lease lapsed), while the client is still there. Registered as interest, so
+        the holder does not stop for want of clients of its own."""
+        name = key_for(entry).lease
+        interest = self.coord.interest(name)
+        await asyncio.to_thread(interest.acquire, False)
+        self.stats.waited += 1
+        try:
+            while await asyncio.to_thread(self.coord.held, name):
+                if alive is not None and not alive():
+                    raise ConnectionResetError("the client went away")
+                await asyncio.sleep(HOLDER_POLL / 2)
+        finally:
+            await asyncio.to_thread(interest.release)
+
+    def published(self, entry: Entry) -> str | None:
+        """The sha256 of this entry's blob if it is in the store (a regular file's, once the
+        catalog learnt it from the fill that published it)."""
+        sha = entry.sha256
+        if sha is None and not entry.lfs:
+            sha = self.catalog.sha256_for_oids([entry.oid]).get(entry.oid)
+        if sha is not None and self.store.stat(sha) is not None:
+            return sha
+        return None
 
     async def _journal_row(self, fill: Fill) -> int | None:
         if fill.bytes_ok or fill.done.is_set():
             return None
         return await asyncio.to_thread(self.catalog.fill_started, str(fill.key), fill.spool)
 
-    def _prepare(self, entry: Entry, keep: bool) -> tuple[BlobWriter, int, bool] | None:
+    def _prepare(self, entry: Entry, keep: bool) -> tuple[BlobWriter, int, bool, Any] | _Remote | None:
         # a fill ends (leaves _fills) only after it published: no fill in flight and the blob here
         # means one just ended, and the bytes are ready
         if entry.sha256 is not None and self.store.stat(entry.sha256) is not None:
             return None
         self._make_room(entry.size, keep)
         writer = self.store.writer(entry.sha256)
+        lease = None
         try:
             fd = writer.spool_fd()
             if fd is None:
@@ -301,17 +465,30 @@ class Filler:
         except BaseException:
             writer.cancel()
             raise
+        name = key_for(entry).lease
         try:
-            wanted = self.catalog.blob_wanted(entry.sha256 if entry.lfs else None, entry.oid)
+            if keep:  # one download per blob across processes: the fill lease
+                lease = self.coord.lease(name, LEASE_TTL, writer.spool_name or "")
+            if keep and lease is None:
+                done = True  # another process fills it
+            elif keep and self.published(entry) is not None:  # by a holder that just let go
+                done = True
+            else:
+                done = False
+                wanted = self.catalog.blob_wanted(entry.sha256 if entry.lfs else None, entry.oid)
         except BaseException:
-            os.close(fd)
-            writer.cancel()
+            self._discard(writer, fd, lease)
             raise
-        return writer, fd, wanted
+        if done:
+            self._discard(writer, fd, lease)
+            return _Remote(self.coord.holder_info(name)) if lease is None else None
+        return writer, fd, wanted, lease
 
-    def _discard(self, writer: BlobWriter, fd: int) -> None:
+    def _discard(self, writer: BlobWriter, fd: int, lease: Any = None) -> None:
         os.close(fd)
         writer.cancel()
+        if lease is not None:
+            _release(lease)
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -323,11 +500,16 @@ class Filler:
             return
 
         async def stop_later() -> None:
-            await asyncio.sleep(self.orphan_grace)
-            if not fill.readers and not fill.done.is_set() and fill.task is not None:
-                log.info("fill of %s stopped: its clients are gone", fill.key)
-                self.stats.orphaned += 1
-                fill.task.cancel()
+            while True:
+                await asyncio.sleep(self.orphan_grace)
+                if fill.readers or fill.done.is_set() or fill.task is None:
+                    return
+                if fill.lease is not None and await asyncio.to_thread(self.coord.interested, fill.key.lease):
+                    continue  # other processes wait for this download
+                break
+            log.info("fill of %s stopped: its clients are gone", fill.key)
+            self.stats.orphaned += 1
+            fill.task.cancel()
 
         t = asyncio.create_task(stop_later())
         self._tasks.add(t)
@@ -403,6 +585,9 @@ class Filler:
             fill.bytes_ok = True  # whatever a client got of it is right: no journal needed
             await self._verified(fill, entry, sha256)
             if keep:
+                if fill.lease is not None and not await asyncio.to_thread(fill.lease.renew):
+                    # stalled past its lease: another process may be fetching it: it publishes
+                    raise UpstreamUnavailable(f"{ref}/{entry.path}: this fill lost its lease; not published here")
                 await asyncio.to_thread(writer.commit, sha256, entry.size)
                 if not entry.lfs:
                     await asyncio.to_thread(self.catalog.fill_sha256, entry.oid, sha256)
@@ -418,27 +603,74 @@ class Filler:
             self._ended(fill, None, None)
             await fill.finish(None)
         except BaseException as e:
-            fill.error = e  # at once, before any await: no reader sends another byte of it
-            failed: Taint | None = None
-            try:
-                failed = await self._failed(fill, e)
-            except BaseException:  # cancelled again (shutdown): the journal row stays; the next start hashes
-                failed = None
-            finally:
-                writer.cancel()  # close and unlink now, whatever happens next
-                if isinstance(e, HubMirrorError):
-                    log.warning("fill of %s/%s failed: %s", ref, entry.path, e.message)
-                else:
-                    log.warning("fill of %s/%s failed: %r", ref, entry.path, e)
-                self.stats.failed += 1
-                if not fill.done.is_set():
-                    self._ended(fill, e, failed)
-            await fill.finish(e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
+            await self._fail(fill, e, f"{ref}/{entry.path}", writer.cancel)
         finally:
+            if fill.lease is not None:  # after the catalog knows the blob: followers find it
+                await asyncio.to_thread(_release, fill.lease)
             if locked:
                 gc_lock.release()
+
+    async def _fail(self, fill: Fill, e: BaseException, what: str, cleanup: Callable[[], None]) -> None:
+        """A fill (or a follower) ends without a verified blob: record what its clients got, cut
+        them, and re-raise a cancellation."""
+        fill.error = e  # at once, before any await: no reader sends another byte of it
+        failed: Taint | None = None
+        try:
+            failed = await self._failed(fill, e)
+        except BaseException:  # cancelled again (shutdown): the journal row's checkpoint stands
+            failed = None
+        finally:
+            cleanup()  # (a writer: close and unlink now, whatever happens next)
+            if isinstance(e, HubMirrorError):
+                log.warning("fill of %s failed: %s", what, e.message)
+            else:
+                log.warning("fill of %s failed: %r", what, e)
+            self.stats.failed += 1
+            if not fill.done.is_set():
+                self._ended(fill, e, failed)
+        await fill.finish(e)
+        if isinstance(e, asyncio.CancelledError):
+            raise e
+
+    async def _follow(self, fill: Fill, entry: Entry, interest: Any) -> None:
+        """Stream another process's fill of this box through its spool file: bytes as its size
+        grows; verified once the holder published the blob; failed if the holder let go (or
+        died) without publishing it."""
+        what = f"{entry.path} (followed)"
+        try:
+            last_look = 0.0
+            while True:
+                assert fill.fd is not None
+                size = min(os.fstat(fill.fd).st_size, entry.size)
+                if size > fill.written:
+                    await fill.advanced(size - fill.written)
+                now = time.monotonic()
+                if now - last_look >= HOLDER_POLL or size >= entry.size:
+                    last_look = now
+                    held = await asyncio.to_thread(self.coord.held, fill.key.lease)
+                    sha256 = await asyncio.to_thread(self.published, entry)
+                    if sha256 is not None:
+                        size = os.fstat(fill.fd).st_size
+                        if size != entry.size:
+                            raise UpstreamUnavailable(f"{what}: the followed spool file has {size} bytes, "
+                                                      f"not {entry.size}")
+                        if size > fill.written:
+                            await fill.advanced(size - fill.written)
+                        fill.sha256 = sha256
+                        fill.bytes_ok = True
+                        await self._verified(fill, entry, sha256)
+                        fill.verified = True
+                        self._ended(fill, None, None)
+                        await fill.finish(None)
+                        return
+                    if not held:
+                        raise UpstreamUnavailable(f"{what}: the fill this process followed stopped "
+                                                  f"without publishing it")
+                await asyncio.sleep(FOLLOW_POLL if size < entry.size else HOLDER_POLL / 5)
+        except BaseException as e:
+            await self._fail(fill, e, what, lambda: None)
+        finally:
+            await asyncio.to_thread(interest.release)
 
     async def _verified(self, fill: Fill, entry: Entry, sha256: str) -> None:
         """The blob verified: its journal row goes, and earlier failed fills of it are compared with

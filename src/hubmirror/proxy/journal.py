@@ -55,9 +55,9 @@ def hash_prefix(chunks: Iterator[bytes]) -> str:
     return h.hexdigest()
 
 
-def read_fd(fd: int, n: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The first n bytes of an open file, without moving its offset."""
-    pos = 0
+def read_fd(fd: int, n: int, chunk: int = 1 << 20, *, start: int = 0) -> Iterator[bytes]:
+    """Bytes [start, n) of an open file, without moving its offset."""
+    pos = start
     while pos < n:
         data = os.pread(fd, min(chunk, n - pos), pos)
         if not data:
@@ -78,6 +78,20 @@ class Journal:
         for fid, key, at, plen, psha, sent in rows:
             when = now_wall - (now_db - at).total_seconds()
             self._taints.setdefault(key, []).append(Taint(fid, plen, psha, sent, when))
+
+    async def refresh(self, key: str, own: set[int]) -> None:
+        """Learn the failed and in-flight fills of `key` that other processes (workers, replicas)
+        recorded in the catalog: a client resuming here may hold bytes one of them sent. `own`:
+        the rows of this process's fills in flight (they are its own business)."""
+        known = {t.id for t in self._taints.get(key, [])} | own
+        rows = await asyncio.to_thread(self.catalog.unverified_fills_of, key)
+        now_wall, now_db = time.time(), utcnow()
+        for fid, at, plen, psha, sent in rows:
+            if fid in known or any(t.id == fid for t in self._taints.get(key, [])):
+                continue
+            when = now_wall - (now_db - at).total_seconds()
+            if now_wall - when <= self.resume_guard:
+                self._taints.setdefault(key, []).append(Taint(fid, plen, psha, sent, when))
 
     def taints(self, key: str, start: int) -> list[Taint]:
         """The failed fills of this blob a client resuming at `start` may hold bytes of."""

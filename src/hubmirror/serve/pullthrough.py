@@ -15,6 +15,7 @@ wraps; everything it does not answer itself goes to that reader.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -40,7 +41,7 @@ from ..hub import HubClient
 from ..model.access import upstream_gated
 from ..model.entries import Commit, Entry
 from ..model.names import RepoRef, is_commit_sha
-from ..proxy.fill import TAINTED, Filler, FillReader
+from ..proxy.fill import TAINTED, WAIT, Filler, FillReader
 from ..proxy.journal import Taint
 from ..proxy.rules import Rules
 from .base import FileHit, Snapshot
@@ -227,7 +228,10 @@ class PullThrough:
             return StoredBody(self.store, e.sha256, redirect=self.local.redirect)  # hosted and mirrored blobs are always stored; a HEAD sends no bytes
         keep = self.cache_rules.allows(hit.repo.ref)
         trigger = "range" if start > 0 else "full"
-        for _ in range(4):
+        if start > 0:  # a resume: fills of other processes may have sent the bytes it holds
+            await self.filler.refresh_taints(e)
+        tries = 0
+        while tries < 4:
             dying = self.filler.failing(e)
             if dying is not None:  # it is recording what it sent: decide once it has
                 await asyncio.wait_for(dying.done.wait(), 120)
@@ -249,12 +253,28 @@ class PullThrough:
             if self.offline:
                 raise Unavailable(f"{hit.repo.ref}/{e.path} is not cached here and the mirror is offline")
             joined = await self.filler.join(hit.repo.ref, hit.commit, e, keep=keep, trigger=trigger, start=start)
+            if joined is WAIT:  # another replica fetches it: wait for its verdict, then decide again
+                await self.filler.wait_remote(e, alive)
+                e = await self._learnt(e)
+                if start > 0:
+                    await self.filler.refresh_taints(e)
+                continue
+            tries += 1
             if joined is TAINTED:
                 continue  # a fill of it failed meanwhile: decide again
             if joined is None:  # a fill published it a moment ago
+                e = await self._learnt(e)
                 continue
+            assert isinstance(joined, FillReader)
             return FillBody(joined, f"{hit.repo.ref}/{e.path}")
         raise UpstreamUnavailable(f"{hit.repo.ref}/{e.path}: its fills keep failing; try again later")
+
+    async def _learnt(self, e: Entry) -> Entry:
+        """A regular file's entry with the sha256 another fill recorded for it (if one did)."""
+        if e.sha256 is not None or e.lfs:
+            return e
+        sha = await self._run(self.filler.published, e)
+        return dataclasses.replace(e, sha256=sha) if sha is not None else e
 
     async def _resume(self, hit: FileHit, taints: list[Taint], start: int, *, stored: bool, keep: bool,
                       alive: Callable[[], bool] | None) -> Body:
@@ -277,6 +297,14 @@ class PullThrough:
             raise refused
         joined = self.filler.join_active(e) or await self.filler.join(
             hit.repo.ref, hit.commit, e, keep=keep, trigger="range")
+        if joined is WAIT:  # another replica fetches it: prove against what it publishes
+            await self.filler.wait_remote(e, alive)
+            e = await self._learnt(e)
+            if e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None:
+                if await self.filler.prove_stored(e, e.sha256, taints, start):
+                    self.filler.stats.resumes_proven += 1
+                    return StoredBody(self.store, e.sha256, redirect=self.local.redirect)
+            joined = None
         if joined is None or joined is TAINTED:
             self.filler.stats.resumes_refused += 1
             raise refused  # stored a moment ago, or a fill failing right now: the client may retry
@@ -284,7 +312,7 @@ class PullThrough:
         fill = joined.fill
         try:
             while not fill.done.is_set():
-                await fill.wait_change(fill.written, 1.0)
+                await fill.wait_change(1.0)
                 if alive is not None and not alive():
                     raise ConnectionResetError("the client went away")
             # the fill compared its verified bytes with every failed fill of this blob when it verified

@@ -353,7 +353,7 @@ async def send_fill(
             return early
         start, end = (rng.start, rng.end) if rng else (0, size)
         while fill.written < min(size, start + 1) and not fill.done.is_set():
-            await fill.wait_change(fill.written, 1.0)
+            await fill.wait_change(1.0)
             _check_client(request)
         if fill.error is not None:
             raise _client_error(fill.error, path)
@@ -401,7 +401,7 @@ async def _stream_fill(
             limit = end - 1  # the last byte waits for the verdict (and the blob's publication)
         else:
             limit = pos  # the journal cannot be written (a full disk): nothing unverified goes out
-        avail = min(fill.written, limit)
+        avail = min(fill.sendable, limit)  # unverified bytes: only what the journal covers
         if avail > pos:
             _check_client(request)
             pacer = request.get(PACER)
@@ -417,7 +417,9 @@ async def _stream_fill(
                 continue
             _abort(request)  # ended without a verdict in favour (or shorter than listed): never clean
             return False
-        await fill.wait_change(fill.written, 1.0)
+        if journaled and fill.written > fill.sendable:
+            fill.want_checkpoint()
+        await fill.wait_change(1.0)
         _check_client(request)
     return True
 

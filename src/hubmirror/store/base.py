@@ -117,6 +117,11 @@ class BlobStore(ABC):
         check_sha256(sha256)
         return None
 
+    def follow(self, name: str) -> int | None:
+        """A read-only descriptor of the growing spool `name` of a live write by another process
+        of this box (a pull-through fill another worker streams from), or None."""
+        return None
+
     def abandoned(self, name: str) -> Path | None:
         """The partial bytes `name` (a writer's `spool_name`) of a write whose process died."""
         return None

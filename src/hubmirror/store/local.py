@@ -238,6 +238,9 @@ class LocalBlobStore(BlobStore):
     def local_path(self, sha256: str) -> Path | None:
         return self._path(sha256)
 
+    def follow(self, name: str) -> int | None:
+        return spool.follow(self.tmp_dir, name)
+
     def abandoned(self, name: str) -> Path | None:
         """The partial file `name` of a write whose process died (no live writer holds it), if any."""
         return spool.abandoned(self.tmp_dir, name)

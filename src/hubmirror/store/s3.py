@@ -251,6 +251,9 @@ class S3BlobStore(BlobStore):
 
     # -- crash leftovers --------------------------------------------------------------------
 
+    def follow(self, name: str) -> int | None:
+        return spool.follow(self.spool_dir, name)
+
     def abandoned(self, name: str) -> Path | None:
         return spool.abandoned(self.spool_dir, name)
 

@@ -9,14 +9,15 @@ of its own while it is written.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
+import os
 import queue
 import secrets
 import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from ..coord.local import claim_fd
 from ..errors import InsufficientStorage, StoreError
 
 SUFFIX = ".partial"
@@ -69,7 +70,7 @@ def create(folder: Path) -> tuple[Path, BinaryIO]:
         fh = open(path, "xb", buffering=0)  # noqa: SIM115 - the writer closes it
     except OSError as e:
         raise os_error(e, "create a blob") from e
-    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else holds it
+    claim_fd(fh.fileno())  # a new name: nobody else holds it
     return path, fh
 
 
@@ -78,10 +79,26 @@ def abandoned(folder: Path, name: str) -> Path | None:
     p = folder / Path(name).name
     try:
         with open(p, "rb") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if not claim_fd(fh.fileno(), exclusive=False):
+                return None
     except OSError:  # held by a live writer (BlockingIOError), gone, unreadable
         return None
     return p
+
+
+def follow(folder: Path, name: str) -> int | None:
+    """A read-only descriptor of the spool file `name` of a live write in another process of this
+    box (it grows as that writer writes), or None: no such file here, or its writer is dead."""
+    if Path(name).name != name or not name.endswith(SUFFIX):
+        return None
+    try:
+        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if claim_fd(fd, exclusive=False):  # nobody writes it any more (closing drops the claim)
+        os.close(fd)
+        return None
+    return fd
 
 
 def sweep(folder: Path) -> int:
@@ -94,11 +111,10 @@ def sweep(folder: Path) -> int:
     for p in entries:
         try:
             with open(p, "rb") as fh:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not claim_fd(fh.fileno()):
+                    continue  # a writer in another process is still at work
                 p.unlink()
                 n += 1
-        except BlockingIOError:
-            continue  # a writer in another process is still at work
         except (FileNotFoundError, IsADirectoryError):
             pass
     return n
