@@ -44,7 +44,8 @@ class Lease(Protocol):
 
 
 class Coordinator(Protocol):
-    counters: RateCounters
+    @property
+    def counters(self) -> RateCounters: ...
 
     def repo_lock(self, ref: RepoRef) -> Lock: ...
     def gc_lock(self, *, exclusive: bool = False) -> Lock: ...

@@ -74,6 +74,14 @@ class RevisionResult:
     status: str  # synced | up-to-date
 
 
+async def _fence(result: SyncResult) -> None:
+    """Before a sync publishes: is its repo lock still its own? (On PostgreSQL the lock goes with
+    a session the server ended; another replica may be syncing the repo now.)"""
+    if result.lock is not None and not await asyncio.to_thread(result.lock.still_held):
+        raise SyncBusy(f"{result.ref}: this sync lost its repo lock (its database session ended); another "
+                       f"process may be syncing it; nothing more is published by this one")
+
+
 @dataclass
 class SyncResult:
     ref: RepoRef
@@ -86,6 +94,7 @@ class SyncResult:
     upstream_calls: int = 0
     error: str | None = None
     run_id: int | None = None
+    lock: Any = field(default=None, repr=False)  # the repo lock this sync holds (its fence)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,7 +149,7 @@ class Syncer:
         lock = self.coord.repo_lock(ref)
         if not await asyncio.to_thread(lock.acquire):
             raise SyncBusy(f"a sync of {ref} is already running")
-        result = SyncResult(ref)
+        result = SyncResult(ref, lock=lock)
         calls0 = self.client.stats.calls
         await asyncio.to_thread(self.catalog.close_interrupted_runs, ref)
         result.run_id = await asyncio.to_thread(self.catalog.start_run, ref, trigger)
@@ -252,6 +261,7 @@ class Syncer:
                 result.revisions.append(RevisionResult(revision, str(current), "tag-kept"))
                 continue
             if refname is not None and current != commit:
+                await _fence(result)
                 await asyncio.to_thread(
                     self.catalog.record_commit, repo, known or Commit(commit), [],
                     [RefUpdate(refname, commit, expect=current)], f"sync ({result.run_id})",
@@ -329,6 +339,7 @@ class Syncer:
             moves = [RefUpdate(refname, commit, expect=prev_sha)] if refname and move else []
             self.catalog.record_commit(repo, info, entries, moves, reason=f"sync ({result.run_id})")
 
+        await _fence(result)
         await asyncio.to_thread(record)
 
     async def complete(self, repo: RepoRow, commit: str, progress: Progress | None = None) -> int:

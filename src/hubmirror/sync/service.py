@@ -12,6 +12,7 @@ from typing import Any
 
 from ..catalog import Catalog, MirrorRow
 from ..catalog.schema import utcnow
+from ..coord.base import Coordinator
 from ..errors import HubMirrorError, RepoNotFound, SyncBusy
 from ..hub import HubClient
 from ..model.entries import hub_time
@@ -38,7 +39,9 @@ class MirrorService:
         max_concurrent: int = 2,
         tick: float = 5.0,
         on_change: Callable[[RepoRef], None] | None = None,
+        coord: Coordinator | None = None,
     ) -> None:
+        self.coord = coord  # None: this process alone fires schedules (tests)
         self.catalog = catalog
         self.syncer = syncer
         self.client = client
@@ -66,12 +69,32 @@ class MirrorService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("scheduler tick failed")
-            await asyncio.sleep(self.tick_seconds)
+        """Tick while this process holds the scheduler lease: of all the workers and replicas
+        sharing the catalog, one fires the schedules (another takes over within the lease's time
+        to live if it dies). Manual, webhook and API triggers run wherever they arrive."""
+        lease: Any = None
+        ttl = max(15.0, self.tick_seconds * 3)
+        try:
+            while True:
+                try:
+                    if lease is not None and not await asyncio.to_thread(lease.renew):
+                        log.warning("scheduler lease lost: another process fires the schedules now")
+                        lease = None
+                    if lease is None and self.coord is not None:
+                        lease = await asyncio.to_thread(self.coord.lease, "scheduler", ttl, "")
+                        if lease is not None:
+                            log.info("this process fires the mirror schedules (lease token %s)", lease.token)
+                    if lease is not None or self.coord is None:
+                        await self.tick()
+                except Exception:
+                    log.exception("scheduler tick failed")
+                await asyncio.sleep(self.tick_seconds)
+        finally:
+            if lease is not None:
+                try:
+                    lease.release()
+                except Exception:  # noqa: BLE001 - it lapses on its own
+                    pass
 
     async def tick(self) -> None:
         now = utcnow()
@@ -112,6 +135,8 @@ class MirrorService:
         ref, spec = m.spec.ref, m.spec
         now = utcnow()
         state: dict[str, Any] = {"last_check_at": now, "next_run_at": next_run(spec.schedule, now) + jitter(spec)}
+        if trigger == "schedule":  # at once: a scheduler taking over meanwhile finds it fired
+            await asyncio.to_thread(self.catalog.update_mirror_state, ref, next_run_at=state["next_run_at"])
         try:
             try:
                 wanted = await self.syncer.resolve_revisions(spec)
