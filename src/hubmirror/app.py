@@ -293,7 +293,7 @@ def build_app(services: Services) -> web.Application:
     syncer = Syncer(services.catalog, services.store, client, services.coord, parallel=s.sync_parallel,
                     on_published=reader.forget)
     mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,
-                            tick=s.scheduler_tick, on_change=reader.forget)
+                            tick=s.scheduler_tick, on_change=reader.forget, coord=services.coord)
     mirrors.load_config(s.mirrors)
     checker = UpdateChecker(services.catalog, proxy_client, allows=rules.allows if s.proxy.enabled else None,
                             offline=s.proxy.offline, allow_gated=s.proxy.allow_gated, ttl=s.proxy.branch_ttl,
