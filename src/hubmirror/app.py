@@ -282,7 +282,7 @@ def build_app(services: Services) -> web.Application:
     if s.proxy.enabled:
         filler = Filler(services.store, services.catalog, proxy_client, coord=services.coord, min_free=int(s.proxy.min_free),
                         max_bytes=int(s.proxy.max_bytes) if s.proxy.max_bytes is not None else None,
-                        orphan_grace=s.proxy.orphan_grace, resume_guard=s.proxy.resume_guard)
+                        orphan_grace=s.proxy.orphan_grace, resume_guard=s.proxy.resume_guard, lease_ttl=s.lease_ttl)
         proxy = reader = PullThrough(
             local, proxy_client, filler,
             rules=rules, cache_rules=Rules(s.proxy.cache_allow, s.proxy.cache_deny),
@@ -293,7 +293,8 @@ def build_app(services: Services) -> web.Application:
     syncer = Syncer(services.catalog, services.store, client, services.coord, parallel=s.sync_parallel,
                     on_published=reader.forget)
     mirrors = MirrorService(services.catalog, syncer, client, max_concurrent=s.max_concurrent_syncs,
-                            tick=s.scheduler_tick, on_change=reader.forget, coord=services.coord)
+                            tick=s.scheduler_tick, on_change=reader.forget, coord=services.coord,
+                            lease_ttl=s.lease_ttl)
     mirrors.load_config(s.mirrors)
     checker = UpdateChecker(services.catalog, proxy_client, allows=rules.allows if s.proxy.enabled else None,
                             offline=s.proxy.offline, allow_gated=s.proxy.allow_gated, ttl=s.proxy.branch_ttl,

@@ -194,6 +194,8 @@ class Settings(BaseSettings):
     data: Path = Field(Path("hubmirror-data"), description="data directory: catalog, blobs, logs")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for every interface)")
     port: int = Field(8090, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64,
+                         description="server processes sharing the port on this box (1: no supervisor process)")
     upstream: str = Field("https://huggingface.co", description="Hub-compatible upstream (or another hubmirror)")
     upstream_token: SecretStr | None = Field(None, description="token sent to the upstream, never logged")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in the data dir")
@@ -225,6 +227,8 @@ class Settings(BaseSettings):
     sync_parallel: int = Field(4, ge=1, le=64, description="files downloaded at once by one sync")
     max_concurrent_syncs: int = Field(2, ge=1, le=64)
     scheduler_tick: float = Field(5.0, gt=0, le=3600, description="how often the scheduler looks for due mirrors")
+    lease_ttl: float = Field(15.0, ge=1, le=600, description="seconds after which the leases of a process that "
+                             "died (a fill, the scheduler) are taken over by another (PostgreSQL; on one box at once)")
     webhook_secret: SecretStr | None = Field(None, description="X-Webhook-Secret for POST /api/hooks/hub")
 
     proxy: ProxySettings = Field(default_factory=ProxySettings)

@@ -65,7 +65,7 @@ log = logging.getLogger("hubmirror.proxy")
 TAINTED = object()  # Filler.join: a fill of this blob failed (or is failing) meanwhile; decide again
 WAIT = object()  # Filler.join: another replica fills it: Filler.wait_remote, then decide again
 
-LEASE_TTL = 15.0  # seconds a dead holder's fill lease lasts (renewed every third of it)
+LEASE_TTL = 15.0  # seconds a dead holder's fill lease lasts (renewed every third of it; setting lease_ttl)
 CHECKPOINT_EVERY = 0.2  # seconds between journal checkpoints while clients wait for bytes
 FOLLOW_POLL = 0.05  # seconds between looks at a followed spool file's size
 HOLDER_POLL = 0.5  # seconds between asking whether a followed or awaited holder is still at it
@@ -294,7 +294,9 @@ class Filler:
         orphan_grace: float = 5.0,
         resume_guard: float = 7 * 86400.0,
         on_filled: Callable[[str, int], None] | None = None,
+        lease_ttl: float = LEASE_TTL,
     ) -> None:
+        self.lease_ttl = lease_ttl
         self.store = store
         self.catalog = catalog
         self.client = client
@@ -468,7 +470,7 @@ class Filler:
         name = key_for(entry).lease
         try:
             if keep:  # one download per blob across processes: the fill lease
-                lease = self.coord.lease(name, LEASE_TTL, writer.spool_name or "")
+                lease = self.coord.lease(name, self.lease_ttl, writer.spool_name or "")
             if keep and lease is None:
                 done = True  # another process fills it
             elif keep and self.published(entry) is not None:  # by a holder that just let go

@@ -40,8 +40,10 @@ class MirrorService:
         tick: float = 5.0,
         on_change: Callable[[RepoRef], None] | None = None,
         coord: Coordinator | None = None,
+        lease_ttl: float = 15.0,
     ) -> None:
         self.coord = coord  # None: this process alone fires schedules (tests)
+        self.lease_ttl = lease_ttl
         self.catalog = catalog
         self.syncer = syncer
         self.client = client
@@ -73,7 +75,7 @@ class MirrorService:
         sharing the catalog, one fires the schedules (another takes over within the lease's time
         to live if it dies). Manual, webhook and API triggers run wherever they arrive."""
         lease: Any = None
-        ttl = max(15.0, self.tick_seconds * 3)
+        ttl = max(self.lease_ttl, self.tick_seconds * 3)
         try:
             while True:
                 try:
