@@ -133,3 +133,35 @@ def test_a_process_killed_mid_fill_is_taken_over_and_its_clients_resume_onto_pro
     finally:
         a.stop()
         b.stop()
+
+
+def test_two_processes_fire_a_schedule_once_per_interval(hub: FakeHub, tmp_path: Path) -> None:
+    hub.commit("acme/sched", {"config.json": b'{"v": 1}'})
+    cfg = tmp_path / "hm.toml"
+    cfg.write_text(f'''
+upstream = "{hub.url}"
+scheduler_tick = 0.2
+upstream_backoff = 0.01
+
+[[mirrors]]
+repo = "acme/sched"
+schedule = "10s"
+''')
+    a = Server(tmp_path / "d", "--config", str(cfg))
+    b = Server(tmp_path / "d", "--config", str(cfg))
+    try:
+        t0 = time.monotonic()
+        time.sleep(23)  # the first run at start, then about every 10-11 s: three runs
+        # a check asks for the refs once; the first run also syncs, which asks once more
+        checks = [p for _, p in list(hub.calls) if p == "/api/models/acme/sched/refs"]
+        elapsed = time.monotonic() - t0
+        assert 3 <= len(checks) <= int(elapsed // 10) + 2, (elapsed, hub.calls)
+        # the process firing schedules dies: the other takes over at once (one box: flock)
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait(10)
+        hub.calls.clear()
+        time.sleep(12)
+        assert "/api/models/acme/sched/refs" in [p for _, p in list(hub.calls)]
+    finally:
+        a.stop()
+        b.stop()
