@@ -165,3 +165,32 @@ schedule = "10s"
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_corrupt_download_followed_by_another_process_never_ends_cleanly_there(
+        hub: FakeHub, tmp_path: Path) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    hub.commit("acme/big", {"model.safetensors": data})
+    hub.fault("flip", "/blob/*", times=1, at=len(data) - 1000)
+    hub.fault("slow", "/blob/*", times=1, delay=0.03)
+    a = proxy_server(tmp_path / "d", hub)
+    b = proxy_server(tmp_path / "d", hub)
+    got: dict[str, bytes] = {}
+    try:
+        ta = threading.Thread(target=read_some, args=(a.url, PATH, got, "a"))
+        ta.start()
+        deadline = time.monotonic() + 10
+        while hub.file_bytes("acme/big", "model.safetensors") < 256 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, body, complete = get_raw_body(b.url, PATH)  # follows a's download
+        ta.join(30)
+        assert not complete and len(body) < len(data), (status, len(body))
+        assert len(got["a"]) < len(data)
+        assert metric(b, "hubmirror_fills_shared_total", '{how="followed"}') == 1
+        # nothing was published; the next request fetches good bytes, and resumes are proven
+        status, body, complete = get_raw_body(b.url, PATH)
+        assert status == 200 and complete and body == data
+        sound(tmp_path / "d")
+    finally:
+        a.stop()
+        b.stop()

@@ -52,7 +52,7 @@ from ..catalog import Catalog
 from ..catalog.schema import utcnow
 from ..coord.base import Coordinator
 from ..coord.local import as_coordinator
-from ..errors import HubMirrorError, InsufficientStorage, UpstreamUnavailable
+from ..errors import DigestMismatch, HubMirrorError, InsufficientStorage, UpstreamUnavailable
 from ..hub import HubClient
 from ..model.entries import Entry
 from ..model.names import RepoRef
@@ -307,6 +307,7 @@ class Filler:
         self.journal = Journal(catalog, resume_guard)
         self.on_filled = on_filled
         self._fills: dict[FillKey, Fill] = {}
+        self._watches: dict[str, asyncio.Future[None]] = {}  # lease name -> the wait for another replica
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = FillStats({"full": 0, "range": 0}, {"full": 0, "range": 0})
         self.upstream_fills = 0
@@ -423,16 +424,28 @@ class Filler:
 
     async def wait_remote(self, entry: Entry, alive: Callable[[], bool] | None) -> None:
         """Until no process holds this blob's fill lease (it published the blob, gave up, or
-        died and its lease lapsed), while the client is still there. Registered as interest, so
-        the holder does not stop for want of clients of its own."""
+        died and its lease lapsed), while the client is still there. One watch per blob in this
+        process, whatever the number of clients waiting (each costs the database a connection)."""
         name = key_for(entry).lease
+        watch = self._watches.get(name)
+        if watch is None or watch.done():
+            watch = asyncio.ensure_future(self._watch(name))
+            self._watches[name] = watch
+            watch.add_done_callback(lambda w: self._watches.pop(name, None) if self._watches.get(name) is w else None)
+        self.stats.waited += 1
+        while not watch.done():
+            await asyncio.wait({watch}, timeout=HOLDER_POLL)
+            if alive is not None and not alive():
+                raise ConnectionResetError("the client went away")
+        watch.result()
+
+    async def _watch(self, name: str) -> None:
+        """Hold an interest in lease `name` (so its holder goes on without clients of its own)
+        until nobody holds the lease."""
         interest = self.coord.interest(name)
         await asyncio.to_thread(interest.acquire, False)
-        self.stats.waited += 1
         try:
             while await asyncio.to_thread(self.coord.held, name):
-                if alive is not None and not alive():
-                    raise ConnectionResetError("the client went away")
                 await asyncio.sleep(HOLDER_POLL / 2)
         finally:
             await asyncio.to_thread(interest.release)
@@ -639,13 +652,23 @@ class Filler:
         grows; verified once the holder published the blob; failed if the holder let go (or
         died) without publishing it."""
         what = f"{entry.path} (followed)"
+        h = hashlib.sha256()  # of the bytes this process read: they are what its clients get
+        hashed = 0
+
+        def extend(fd: int, upto: int) -> None:
+            nonlocal hashed
+            for chunk in read_fd(fd, upto, start=hashed):
+                h.update(chunk)
+                hashed += len(chunk)
+
         try:
             last_look = 0.0
             while True:
                 assert fill.fd is not None
                 size = min(os.fstat(fill.fd).st_size, entry.size)
                 if size > fill.written:
-                    await fill.advanced(size - fill.written)
+                    await asyncio.to_thread(extend, fill.fd, size)
+                    await fill.advanced(hashed - fill.written)
                 now = time.monotonic()
                 if now - last_look >= HOLDER_POLL or size >= entry.size:
                     last_look = now
@@ -656,8 +679,14 @@ class Filler:
                         if size != entry.size:
                             raise UpstreamUnavailable(f"{what}: the followed spool file has {size} bytes, "
                                                       f"not {entry.size}")
-                        if size > fill.written:
-                            await fill.advanced(size - fill.written)
+                        await asyncio.to_thread(extend, fill.fd, size)
+                        if hashed > fill.written:
+                            await fill.advanced(hashed - fill.written)
+                        # the blob was published (by its holder, or by anyone): these bytes are it
+                        # only if they hash to it
+                        if h.hexdigest() != sha256:
+                            raise DigestMismatch(f"{what}: the followed bytes hash to {h.hexdigest()}, "
+                                                 f"not to the published {sha256}")
                         fill.sha256 = sha256
                         fill.bytes_ok = True
                         await self._verified(fill, entry, sha256)
