@@ -168,7 +168,7 @@ class SqlRateCounters:
 
 class SqlCoordinator:
     def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True, pool_size=5, max_overflow=45)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         with self.engine.begin() as c:
             c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _key("hubmirror schema")})

@@ -561,8 +561,6 @@ class Filler:
         gc_lock = self.coord.gc_lock()
         locked = False
         try:
-            await asyncio.to_thread(gc_lock.acquire)
-            locked = True
             check = ContentCheck(entry, f"{ref}/{entry.path}")
 
             def put(chunk: bytes) -> None:
@@ -600,6 +598,10 @@ class Filler:
             fill.bytes_ok = True  # whatever a client got of it is right: no journal needed
             await self._verified(fill, entry, sha256)
             if keep:
+                # from publishing until the catalog knows the blob, gc must not sweep it (held only
+                # now: on PostgreSQL each holder costs a connection)
+                await asyncio.to_thread(gc_lock.acquire)
+                locked = True
                 if fill.lease is not None and not await asyncio.to_thread(fill.lease.renew):
                     # stalled past its lease: another process may be fetching it: it publishes
                     raise UpstreamUnavailable(f"{ref}/{entry.path}: this fill lost its lease; not published here")
@@ -608,6 +610,8 @@ class Filler:
                     await asyncio.to_thread(self.catalog.fill_sha256, entry.oid, sha256)
                 # recorded at once (reads are batched): the disk budget must see this blob
                 await asyncio.to_thread(self.catalog.touch_blobs, {sha256: (entry.size, True, utcnow())})
+                locked = False
+                await asyncio.to_thread(gc_lock.release)
                 if self.on_filled:
                     self.on_filled(sha256, entry.size)
             else:
@@ -623,7 +627,7 @@ class Filler:
             if fill.lease is not None:  # after the catalog knows the blob: followers find it
                 await asyncio.to_thread(_release, fill.lease)
             if locked:
-                gc_lock.release()
+                await asyncio.to_thread(gc_lock.release)
 
     async def _fail(self, fill: Fill, e: BaseException, what: str, cleanup: Callable[[], None]) -> None:
         """A fill (or a follower) ends without a verified blob: record what its clients got, cut
