@@ -64,3 +64,12 @@ def test_serve_reports_bad_config_and_unwritable_data(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "hubmirror", "serve", "--data", str(blocker / "sub")],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "data directory" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("var, value", [("HUBMIRROR_MIRRORS", "[{bad"), ("HUBMIRROR_PROXY__ALLOW", "notjson"),
+                                        ("HUBMIRROR_TRUSTED_PROXIES", "10.0.0.1")])
+def test_a_bad_environment_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert var in str(e.value) and "config file" not in str(e.value)

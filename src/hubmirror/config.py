@@ -344,5 +344,16 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         where = f" in {path}" if path else ""
         msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid configuration{where}: {msgs}") from None
-    except ValueError as e:  # TOML syntax errors
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except ValueError as e:  # TOML syntax errors, or a HUBMIRROR_* variable that is not JSON
+        text = str(e)
+        m = re.search(r'error parsing value for field "([^"]+)" from source "EnvSettingsSource"', text)
+        if m:
+            field = m.group(1)
+            names = sorted(k for k in os.environ if k.upper() == f"HUBMIRROR_{field.upper()}"
+                           or k.upper().startswith(f"HUBMIRROR_{field.upper()}__"))
+            raise ConfigError(f"environment variable {' / '.join(names) or 'HUBMIRROR_' + field.upper()}: "
+                              f"not a valid value for {field!r} (lists and tables are written as JSON, "
+                              f'e.g. HUBMIRROR_PROXY__ALLOW=\'["acme/*"]\')') from None
+        if path is None:
+            raise ConfigError(f"invalid configuration: {text}") from None
+        raise ConfigError(f"cannot read config file {path}: {text}") from None
