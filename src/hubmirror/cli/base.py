@@ -3,6 +3,7 @@ JSON failures and error printing."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -38,16 +39,31 @@ def json_failures(f: Any) -> Any:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
-        except HubMirrorError as e:
+        except (HubMirrorError, OSError) as e:
             if not kwargs.get("as_json"):
                 raise
-            out = {"status": "failed", "error": e.message}
+            message = e.message if isinstance(e, HubMirrorError) else os_message(e)
+            out = {"status": "failed", "error": message}
             if kwargs.get("repo_id"):
                 out = {"repo_id": kwargs["repo_id"], **out}
             click.echo(json.dumps(out))
-            sys.exit(2 if e.status == 400 else 1)
+            sys.exit(2 if isinstance(e, HubMirrorError) and e.status == 400 else 1)
 
     return run
+
+
+def os_message(e: OSError) -> str:
+    """One line for a file the user named that cannot be used: what, which file, what to do."""
+    what = e.strerror or e.__class__.__name__
+    name = f" {e.filename}" if e.filename else ""
+    hint = {
+        errno.ENOENT: " (does its folder exist?)",
+        errno.ENOTDIR: " (a part of that path is a file, not a folder)",
+        errno.EACCES: " (permission denied: run as a user who may write there, or choose another place)",
+        errno.ENOSPC: " (the disk is full)",
+        errno.EISDIR: " (that is a folder; name a file)",
+    }.get(e.errno or 0, "")
+    return f"{what}:{name}{hint}"
 
 
 class _Group(click.Group):
@@ -57,6 +73,9 @@ class _Group(click.Group):
         except HubMirrorError as e:
             click.echo(f"error: {e.message}", err=True)
             sys.exit(2 if e.status == 400 else 1)
+        except OSError as e:  # a path given on the command line that cannot be used: one line, no traceback
+            click.echo(f"error: {os_message(e)}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -93,7 +93,7 @@ def unpin(ctx: click.Context, spec: str, repo_type: str, data: Path | None) -> N
 @cli.command()
 @_config_option
 @DATA
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object or list on stdout; failures too).")
 @click.pass_context
 def pins(ctx: click.Context, data: Path | None, as_json: bool) -> None:
     """List pinned commits."""
@@ -134,7 +134,7 @@ def lock(ctx: click.Context, specs: tuple[str, ...], repo_type: str, output: Pat
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--hf-cache", is_flag=True, help="PATH is a huggingface_hub cache (HF_HUB_CACHE), not one folder.")
 @click.option("--repo", "only", help="With a multi-repo lock and a plain folder: which repo the folder holds.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object or list on stdout; failures too).")
 def verify(lock_file: Path, path: Path, hf_cache: bool, only: str | None, as_json: bool) -> None:
     """Check a download (snapshot, local_dir, or an HF cache with --hf-cache) against a lock file.
     Lists missing, modified and extra files; exits 1 on any drift."""
@@ -171,7 +171,7 @@ def verify(lock_file: Path, path: Path, hf_cache: bool, only: str | None, as_jso
 @_config_option
 @DATA
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object or list on stdout; failures too).")
 @click.pass_context
 def gc(ctx: click.Context, data: Path | None, dry_run: bool, as_json: bool) -> None:
     """Apply retention (keep_last/keep_tags per mirror, pins, refs) and delete unreferenced blobs.
@@ -305,7 +305,7 @@ def purge(ctx: click.Context, repo_id: str, repo_type: str, reason: str, yes: bo
 @click.option("--rate", default="64MiB", show_default=True, help="Bytes re-hashed per second (0: unbounded).")
 @click.option("--repair/--no-repair", default=True, show_default=True, help="Re-fetch corrupt blobs from the upstream.")
 @click.option("--upstream", help="Upstream to re-fetch from.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object or list on stdout; failures too).")
 @click.pass_context
 def scrub(ctx: click.Context, data: Path | None, rate: str, repair: bool, upstream: str | None, as_json: bool) -> None:
     """Re-hash stored blobs at a bounded rate; remove corrupt ones and re-fetch them when possible.

@@ -90,7 +90,7 @@ def mirror_freeze(ctx: click.Context, repo_id: str, repo_type: str, data: Path |
 @mirror.command("list")
 @_config_option
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object or list on stdout; failures too).")
 @click.pass_context
 def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
     """List declared mirrors."""
@@ -115,7 +115,7 @@ def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
 @click.argument("repo_id", required=False)
 @click.option("--repo-type", type=REPO_TYPES, default="model", show_default=True)
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Data directory.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object or list on stdout; failures too).")
 @click.pass_context
 def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path | None, as_json: bool) -> None:
     """Each mirror: mirrored vs upstream commit, last and next sync, last error; with REPO_ID, its sync history."""
