@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,6 +152,55 @@ def head_rps(url: str, concurrency: int = 16, seconds: float = 3.0, headers: dic
     return n / (time.monotonic() - t0)
 
 
+def ab_head_rps(url: str, concurrency: int = 16, seconds: float = 3.0) -> float:
+    """HEAD requests per second from ApacheBench (keep-alive): a load generator in C, which on two
+    cores leaves the server more of the CPU than `head_rps`'s Python client does."""
+    ab = need("ab", "apt-get install -y apache2-utils")
+    out = subprocess.run([ab, "-k", "-i", "-q", "-c", str(concurrency), "-t", str(seconds), "-n", "100000000", url],
+                         capture_output=True, text=True, check=True).stdout
+    failed = re.search(r"^Failed requests:\s+(\d+)", out, re.MULTILINE)
+    non2xx = re.search(r"^Non-2xx responses:\s+(\d+)", out, re.MULTILINE)
+    if (failed and int(failed.group(1))) or non2xx:
+        raise RuntimeError(f"ab saw failed requests on {url}:\n{out}")
+    m = re.search(r"^Requests per second:\s+([0-9.]+)", out, re.MULTILINE)
+    assert m, out
+    return float(m.group(1))
+
+
+def cached_file(tmp: Path, size_mib: int, repo_id: str = "bench/big") -> tuple[Path, Path]:
+    """A data dir holding `repo_id` with one random model.safetensors of `size_mib` MiB, and a
+    folder for nginx with the very same inode at /model.safetensors: (data, www)."""
+    from hubmirror.catalog import Catalog
+    from hubmirror.ingest import import_folder
+    from hubmirror.model.names import RepoRef, RepoType
+    from hubmirror.store import LocalBlobStore
+
+    src = tmp / "src"
+    src.mkdir()
+    big = src / "model.safetensors"
+    print(f"writing a {size_mib} MiB file ...", file=sys.stderr)
+    sha = hashlib.sha256()
+    with open(big, "wb") as fh:
+        for _ in range(size_mib):
+            chunk = os.urandom(1 << 20)
+            sha.update(chunk)
+            fh.write(chunk)
+    data = tmp / "data"
+    data.mkdir()
+    catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
+    catalog.migrate()
+    store = LocalBlobStore(data / "blobs")
+    import_folder(catalog, store, RepoRef(RepoType.MODEL, repo_id), src)
+    catalog.close()
+    blob = store.local_path(sha.hexdigest())
+    assert blob is not None and blob.exists()
+    www = tmp / "www"
+    www.mkdir()
+    os.link(blob, www / "model.safetensors")  # nginx serves the very same inode
+    big.unlink()
+    return data, www
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
@@ -158,4 +210,5 @@ def fmt_rate(bps: float) -> str:
     return f"{bps / 1e9:.2f} GB/s"
 
 
-__all__ = ["Nginx", "Server", "best_throughput", "fmt_rate", "head_latencies", "head_rps", "need", "pct", "wait_http"]
+__all__ = ["Nginx", "Server", "ab_head_rps", "best_throughput", "cached_file", "fmt_rate", "head_latencies", "head_rps",
+           "need", "pct", "wait_http"]

@@ -14,8 +14,6 @@ ratios.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -25,16 +23,12 @@ from _common import (
     Nginx,
     Server,
     best_throughput,
+    cached_file,
     fmt_rate,
     head_latencies,
     head_rps,
     pct,
 )
-
-from hubmirror.catalog import Catalog
-from hubmirror.ingest import import_folder
-from hubmirror.model.names import RepoRef, RepoType
-from hubmirror.store import LocalBlobStore
 
 
 def main() -> None:
@@ -45,31 +39,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
-        src = tmp / "src"
-        src.mkdir()
-        big = src / "model.safetensors"
-        print(f"writing a {args.size_mib} MiB file ...", file=sys.stderr)
-        with open(big, "wb") as fh:
-            for _ in range(args.size_mib):
-                fh.write(os.urandom(1 << 20))
-        data = tmp / "data"
-        data.mkdir()
-        catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
-        catalog.migrate()
-        store = LocalBlobStore(data / "blobs")
-        import_folder(catalog, store, RepoRef(RepoType.MODEL, "bench/big"), src)
-        catalog.close()
-        sha = hashlib.sha256()
-        with open(big, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                sha.update(chunk)
-        blob = store.local_path(sha.hexdigest())
-        assert blob is not None and blob.exists()
-        www = tmp / "www"
-        www.mkdir()
-        os.link(blob, www / "model.safetensors")  # nginx serves the very same inode
-        big.unlink()
-
+        data, www = cached_file(tmp, args.size_mib)
         hm = Server(data)
         ng = Nginx(www, args.nginx_workers)
         try:

@@ -40,3 +40,19 @@ def test_unusable_output_paths_are_one_line(data: Path, args: list[str], needle:
     assert str(data) in lines[0]
     assert not (data / "missing").exists()
 
+
+
+def test_serve_on_a_port_in_use_or_an_address_not_here_is_one_line(data: Path) -> None:
+    from helpers import Server
+
+    s = Server(data / "d", "--offline")
+    try:
+        assert "offline" in s.log.read_text()  # the start says what it serves
+        p = hm("serve", "--data", str(data / "d"), "--port", str(s.port))
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "cannot listen on 127.0.0.1" in p.stderr and "in use" in p.stderr
+        assert "hubmirror serving" not in p.stderr  # nothing announced before it failed
+    finally:
+        s.stop()
+    p = hm("serve", "--data", str(data / "d"), "--host", "192.0.2.77", "--port", "18999")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "cannot listen on 192.0.2.77" in p.stderr, p.stderr
