@@ -56,3 +56,50 @@ def test_serve_on_a_port_in_use_or_an_address_not_here_is_one_line(data: Path) -
         s.stop()
     p = hm("serve", "--data", str(data / "d"), "--host", "192.0.2.77", "--port", "18999")
     assert p.returncode == 1 and "Traceback" not in p.stderr and "cannot listen on 192.0.2.77" in p.stderr, p.stderr
+
+
+def test_sync_from_an_unreachable_upstream_says_which_and_what_to_do(data: Path) -> None:
+    import json
+
+    env_args = ["--data", str(data / "d"), "--upstream", "http://127.0.0.1:9"]
+    p = subprocess.run([*HM, "sync", "acme/x", *env_args], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "HUBMIRROR_UPSTREAM_RETRIES": "1",
+                            "HUBMIRROR_UPSTREAM_BACKOFF": "0.01"})
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "http://127.0.0.1:9" in last and "--offline" in last, p.stderr
+    assert "ConnectionKey(" not in p.stderr  # readable retries, not reprs
+    p = subprocess.run([*HM, "sync", "acme/x", *env_args, "--json"], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "HUBMIRROR_UPSTREAM_RETRIES": "0"})
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["status"] == "failed" and "http://127.0.0.1:9" in out["error"]
+    # every key the README documents for sync --json
+    for key in ("repo_id", "status", "revisions", "files_fetched", "bytes_fetched", "files_reused", "bytes_reused",
+                "upstream_calls", "error"):
+        assert key in out, key
+
+
+def test_status_shows_hosted_repos_failed_cli_syncs_and_says_when_there_is_nothing(data: Path, tmp_path: Path) -> None:
+    import os
+
+    p = hm("status", "--data", str(tmp_path / "empty"))
+    assert p.returncode == 0 and "nothing here yet" in p.stdout
+    p = hm("status", "--data", str(data / "d"))
+    assert p.returncode == 0 and "acme/m (hosted" in p.stdout
+    env = {**os.environ, "HUBMIRROR_UPSTREAM_RETRIES": "0"}
+    assert subprocess.run([*HM, "mirror", "add", "acme/y", "--data", str(data / "d")], env=env).returncode == 0
+    for repo in ("acme/y", "acme/never"):
+        subprocess.run([*HM, "sync", repo, "--data", str(data / "d"), "--upstream", "http://127.0.0.1:9"],
+                       env=env, capture_output=True, timeout=120)
+    p = hm("status", "--data", str(data / "d"))
+    assert "last sync attempt" in p.stdout and "(cli): failed" in p.stdout and "unreachable" in p.stdout, p.stdout
+    p = hm("status", "acme/never", "--data", str(data / "d"))
+    assert p.returncode == 0 and "never mirrored" in p.stdout and "failed" in p.stdout, p.stdout
+
+
+def test_mirror_list_shows_a_frozen_mirror_as_frozen(tmp_path: Path) -> None:
+    d = str(tmp_path / "d")
+    assert hm("mirror", "add", "acme/cold", "--data", d).returncode == 0
+    assert hm("mirror", "freeze", "acme/cold", "--data", d).returncode == 0
+    line = next(x for x in hm("mirror", "list", "--data", d).stdout.splitlines() if "acme/cold" in x)
+    assert "frozen" in line and "enabled" not in line

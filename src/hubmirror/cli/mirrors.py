@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import click
@@ -107,7 +108,7 @@ def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
         filt = (f" include={','.join(sp.include)}" if sp.include else "") + (
             f" exclude={','.join(sp.exclude)}" if sp.exclude else "")
         click.echo(f"{sp.type.value:8} {sp.repo:40} {','.join(sp.revisions):16} {sp.schedule:12} "
-                   f"{'enabled' if sp.enabled else 'disabled':9} {m.source}{filt}")
+                   f"{('frozen' if sp.frozen else 'enabled' if sp.enabled else 'disabled'):9} {m.source}{filt}")
 
 
 @cli.command()
@@ -129,27 +130,74 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
     if repo_id:
         ref = RepoRef.parse(repo_id, repo_type)
         rows = [m for m in rows if m.spec.ref == ref]
-        if not rows and cat.get_repo(ref) is None:
-            raise NotFound(f"{ref} is neither a declared mirror nor a mirrored repo")
+        if not rows and cat.get_repo(ref) is None and not cat.runs(ref, limit=1):
+            raise NotFound(f"{ref} is neither a declared mirror nor a mirrored repo, and was never synced")
     out = []
     gone = cat.gone()
+
+    def last_run(ref: RepoRef) -> dict[str, Any] | None:
+        """The newest sync of the repo, whoever started it (the scheduler, the CLI, a lock, the API)."""
+        runs = cat.runs(ref, limit=1)
+        if not runs:
+            return None
+        r = runs[0]
+        return {"trigger": r["trigger"], "status": r["status"], "started_at": _iso(r["started_at"]),
+                "error": r["error"]}
+
     for m in rows:
         repo = cat.get_repo(m.spec.ref)
         d = describe(m, cat.refs(repo) if repo else {})
         if repo is not None and repo.pk in gone:
             d["gone_upstream_since"] = gone[repo.pk][0].isoformat() + "Z"
         d["tags_repointed_upstream"] = [ev["detail"] for ev in cat.audit_events(m.spec.ref, "tag-repointed-upstream")]
+        d["last_run"] = last_run(m.spec.ref)
         if repo_id:
             d["history"] = cat.runs(m.spec.ref)
         out.append(d)
+    declared = {m.spec.ref for m in rows}
+    others = [r for r in cat.list_repos() if r.ref not in declared] if not repo_id else []
     if repo_id and not rows:
         ref = RepoRef.parse(repo_id, repo_type)
-        out.append({"repo_id": ref.repo_id, "repo_type": ref.repo_type.value, "declared": False,
-                    "history": cat.runs(ref)})
+        repo = cat.get_repo(ref)
+        if repo is None:  # only failed syncs so far
+            out.append({"repo_id": ref.repo_id, "repo_type": ref.repo_type.value, "declared": False,
+                        "kind": "never mirrored", "private": False, "refs": {}, "last_run": last_run(ref),
+                        "history": cat.runs(ref)})
+        others = [repo] if repo is not None else []
+    proxied = 0
+    for repo in others:
+        if repo.origin == "proxy" and not repo_id:
+            proxied += 1  # counted, not listed: a busy mirror pulls through thousands
+            continue
+        d = {"repo_id": repo.ref.repo_id, "repo_type": repo.ref.repo_type.value, "declared": False,
+             "kind": {"local": "hosted", "mirror": "synced", "proxy": "pulled through"}.get(repo.origin, repo.origin),
+             "private": repo.private, "refs": dict(sorted(cat.refs(repo).items())),
+             "last_run": last_run(repo.ref)}
+        if repo.pk in gone:
+            d["gone_upstream_since"] = gone[repo.pk][0].isoformat() + "Z"
+        if repo_id:
+            d["history"] = cat.runs(repo.ref)
+        out.append(d)
     if as_json:
         click.echo(json.dumps(out, default=str))
         return
+    if not out:
+        click.echo("nothing here yet: no declared mirrors, no hosted or synced repos"
+                   + (f" ({proxied} pulled through)" if proxied else "")
+                   + ". Declare one with `hubmirror mirror add REPO`, sync one with `hubmirror sync REPO`, "
+                     "or host a folder with `hubmirror import REPO FOLDER`.")
+        return
     for d in out:
+        if not d.get("declared", True):
+            flags = f" ({d['kind']}{', private' if d['private'] else ''}, not a declared mirror)"
+            if d.get("gone_upstream_since"):
+                flags += f" (GONE UPSTREAM since {d['gone_upstream_since']})"
+            click.echo(f"{d['repo_type']} {d['repo_id']}{flags}")
+            for name, commit in d["refs"].items():
+                click.echo(f"  {name.removeprefix('refs/heads/').removeprefix('refs/tags/')}: {commit}")
+            _echo_last_run(d)
+            _echo_history(d)
+            continue
         flags = ("" if d.get("enabled", True) else " (disabled)") + (" (FROZEN)" if d.get("frozen") else "")
         if d.get("gone_upstream_since"):
             flags += f" (GONE UPSTREAM since {d['gone_upstream_since']})"
@@ -165,8 +213,26 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
                        f"{d['last_sync'] or '-'}; next sync {d['next_sync'] or '-'}")
         if d.get("last_error"):
             click.echo(f"  last error: {d['last_error']}")
-        for run in d.get("history", []):
-            click.echo(f"  run {run['id']} {run['started_at']:%Y-%m-%d %H:%M:%S} {run['trigger']:8} {run['status']:10} "
-                       f"fetched {run['files_fetched']} files/{run['bytes_fetched']} B, reused {run['files_reused']} "
-                       f"files/{run['bytes_reused']} B, {run['upstream_calls']} calls"
-                       + (f", error: {run['error']}" if run["error"] else ""))
+        _echo_last_run(d)
+        _echo_history(d)
+    if proxied and not repo_id:
+        click.echo(f"({proxied} repos pulled through on demand; `hubmirror status REPO` shows one)")
+
+
+def _iso(t: Any) -> str | None:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t is not None else None
+
+
+def _echo_last_run(d: dict[str, Any]) -> None:
+    r = d.get("last_run")
+    if r and (r["trigger"] != "schedule" or r["status"] == "failed"):  # the schedule's own shows above
+        click.echo(f"  last sync attempt {r['started_at']} ({r['trigger']}): {r['status']}"
+                   + (f": {r['error']}" if r["error"] else ""))
+
+
+def _echo_history(d: dict[str, Any]) -> None:
+    for run in d.get("history", []):
+        click.echo(f"  run {run['id']} {run['started_at']:%Y-%m-%d %H:%M:%S} {run['trigger']:8} {run['status']:10} "
+                   f"fetched {run['files_fetched']} files/{run['bytes_fetched']} B, reused {run['files_reused']} "
+                   f"files/{run['bytes_reused']} B, {run['upstream_calls']} calls"
+                   + (f", error: {run['error']}" if run["error"] else ""))

@@ -198,11 +198,21 @@ def sync(ctx: click.Context, repo_id: str | None, repo_type: str | None, revisio
     try:
         result = asyncio.run(run())
     except HubMirrorError as e:
+        from ..errors import UpstreamUnavailable
+        from ..sync.engine import SyncResult
+
+        message = e.message
+        if isinstance(e, UpstreamUnavailable) and "unreachable" in message:
+            # the operator's own setting: naming the host is fine here (never in a client's answer)
+            message += (f". Cannot reach the upstream {s.upstream}: point --upstream (or HUBMIRROR_UPSTREAM) at a "
+                        f"reachable Hub or hubmirror, or serve what is stored with `hubmirror serve --offline`")
         if as_json:
-            click.echo(json.dumps({"repo_id": spec.repo, "repo_type": spec.type.value, "status": "failed",
-                                   "error": e.message}))
+            failed = getattr(e, "sync_result", None) or SyncResult(RepoRef(RepoType(spec.type), spec.repo))
+            out = failed.to_json()
+            out.update(status="failed", error=message)
+            click.echo(json.dumps(out))
             sys.exit(1)
-        raise
+        raise HubMirrorError(message) from None
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return

@@ -287,7 +287,9 @@ class HubClient:
         """Count a connection error or timeout; raise UpstreamUnavailable when no retry is left."""
         # the exception text names hosts: it goes to the log (for operators), not into the
         # message (which can reach clients)
-        log.warning("upstream %s unreachable: %r", _safe(url), e)
+        scheme, host, port = _origin(url)
+        log.warning("upstream %s://%s:%d%s unreachable: %s (attempt %d of %d)", scheme, host, port, _safe(url),
+                    str(e) or e.__class__.__name__, attempt + 1, self.max_retries + 1)
         timed_out = isinstance(e, asyncio.TimeoutError)
         # a client waiting on a silent upstream has paid a whole timeout already
         self._failed(e.__class__.__name__, force=timed_out and self.fail_fast)

@@ -161,6 +161,7 @@ class Syncer:
         except HubMirrorError as e:
             result.status = "failed"
             result.error = e.message
+            e.sync_result = result  # type: ignore[attr-defined]  # what the CLI reports (--json)
             raise
         except BaseException as e:  # also cancellation (server shutdown) and Ctrl-C: never left "running"
             result.status = "failed"
