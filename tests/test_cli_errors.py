@@ -103,3 +103,37 @@ def test_mirror_list_shows_a_frozen_mirror_as_frozen(tmp_path: Path) -> None:
     assert hm("mirror", "freeze", "acme/cold", "--data", d).returncode == 0
     line = next(x for x in hm("mirror", "list", "--data", d).stdout.splitlines() if "acme/cold" in x)
     assert "frozen" in line and "enabled" not in line
+
+
+def test_a_lost_hosted_blob_is_a_clear_503_until_reimported(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from helpers import Server, raw
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = os.urandom(100_000)
+    (folder / "w.bin").write_bytes(weights)
+    d = tmp_path / "d"
+    assert hm("import", "acme/lost", str(folder), "--data", str(d)).returncode == 0
+    sha = hashlib.sha256(weights).hexdigest()
+    blob = d / "blobs" / "sha256" / sha[:2] / sha[2:4] / sha
+    blob.chmod(0o644)
+    blob.write_bytes(b"rot" + weights[3:])  # bit rot on the only copy
+    p = hm("scrub", "--repair", "--data", str(d), "--upstream", "http://127.0.0.1:9")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "hosted content" in p.stdout and "hubmirror import acme/lost" in p.stdout, p.stdout
+    s = Server(d, "--offline")
+    try:
+        r = raw(s.url, "GET", "/acme/lost/resolve/main/w.bin")
+        assert r.status == 503 and r.headers["x-error-code"] == "BlobMissing", r
+        assert "import" in r.json()["error"]
+    finally:
+        s.stop()
+    assert hm("import", "acme/lost", str(folder), "--data", str(d)).returncode == 0  # the repair
+    s = Server(d, "--offline")
+    try:
+        assert raw(s.url, "GET", "/acme/lost/resolve/main/w.bin").body == weights
+    finally:
+        s.stop()

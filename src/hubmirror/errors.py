@@ -165,7 +165,12 @@ class StoreError(HubMirrorError):
 
 
 class BlobNotFound(StoreError):
-    pass
+    """No such blob. Served to a client (the catalog lists a file whose content is not in the
+    store: found corrupt and removed by scrub, or deleted by hand), a 503 that names the state;
+    never a 500."""
+
+    status = 503
+    code = "BlobMissing"
 
 
 class DigestMismatch(StoreError):

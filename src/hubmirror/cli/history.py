@@ -322,11 +322,21 @@ def scrub(ctx: click.Context, data: Path | None, rate: str, repair: bool, upstre
     s = _settings(ctx, data=data, upstream=upstream)
     services = _services(ctx, data=data, upstream=upstream)
 
+    from tqdm import tqdm
+
+    blobs = list(services.store.list())
+    bar = tqdm(total=sum(b.size for b in blobs), unit="B", unit_scale=True, desc=f"scrub {len(blobs)} blobs",
+               disable=as_json or not sys.stderr.isatty())
+
     async def go() -> Any:
         async with s.hub_client() as client:
-            return await run_scrub(services.catalog, services.store, s.data, client, rate=bps, repair=repair)
+            return await run_scrub(services.catalog, services.store, s.data, client, rate=bps, repair=repair,
+                                   progress=lambda _n, nbytes: bar.update(nbytes))
 
-    report = asyncio.run(go())
+    try:
+        report = asyncio.run(go())
+    finally:
+        bar.close()
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

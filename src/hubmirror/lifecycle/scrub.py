@@ -63,8 +63,9 @@ def _writing_to(writer: BlobWriter) -> Callable[[bytes], Awaitable[None]]:
 
 async def scrub(
     catalog: Catalog, store: BlobStore, data: Coordinator | Path, client: HubClient | None, *, rate: float,
-    repair: bool
+    repair: bool, progress: Callable[[int, int], None] | None = None,
 ) -> ScrubReport:
+    """`progress(blobs, bytes)` after each blob (a bar; the totals are known from `store.list()`)."""
     report = ScrubReport()
     sizes: dict[str, int] = {}  # sound blobs -> their size
     for sha in [b.sha256 for b in store.list()]:
@@ -74,6 +75,8 @@ async def scrub(
             continue  # deleted meanwhile (gc, eviction)
         report.checked += 1
         report.bytes += n
+        if progress is not None:
+            progress(1, n)
         if actual == sha:
             sizes[sha] = n
             continue
@@ -93,6 +96,13 @@ async def scrub(
         entry = await asyncio.to_thread(catalog.get_entry, repo, commit, path)
         if entry is None:
             report.unrepaired[sha] = "no catalog entry references it"
+            continue
+        if repo.origin == "local":  # hosted here: the mirror holds the only copy
+            report.unrepaired[sha] = (
+                f"hosted content ({repo.ref}@{commit} {path!r}), no upstream has it: restore it by importing a "
+                f"folder that holds that file again (hubmirror import {repo.ref.repo_id} FOLDER); until then "
+                f"it answers 503 BlobMissing")
+            await asyncio.to_thread(catalog.audit, "scrub-lost", repo.ref, sha256=sha, path=path, commit=commit)
             continue
         size = entry.size
         try:

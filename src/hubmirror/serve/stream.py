@@ -284,7 +284,9 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, 
     try:
         fh = await loop.run_in_executor(None, open, path, "rb")
     except FileNotFoundError:
-        raise BlobNotFound(f"blob {path.name} is missing from the store (deleted by hand? run hubmirror scrub)") from None
+        raise BlobNotFound(f"the content of this file (sha256 {path.name}) is missing from the mirror's store; an "
+                           f"operator restores it with `hubmirror scrub --repair` (mirrored and cached files) or by "
+                           f"importing the folder again (hosted files)") from None
     try:
         await resp.prepare(request)
         transport = request.transport
