@@ -33,19 +33,21 @@ from .api.http import (
     raw_path,
     redact,
 )
-from .api.hub import PRINCIPAL, HubApi
+from .api.hub import PRINCIPAL, ROUTE, HubApi
 from .api.mirror import MirrorApi
+from . import logs
 from .catalog import Catalog
 from .config import Settings
 from .coord.base import Coordinator
 from .coord.limits import Bandwidth
 from .coord.local import LocalCoordinator
-from .errors import ConfigError, Forbidden, HubMirrorError, RepoNotFound, Unauthorized
+from .errors import ConfigError, Forbidden, HubMirrorError, Unauthorized
 from .hub import CircuitBreaker, HubClient, Shared
 from .proxy import Filler, Rules
 from .proxy.journal import recover_crashed_fills
 from .serve import LocalReader, PullThrough, Reader
 from .serve.policy import Policy
+from .serve.stream import SENT_DIRECT
 from .store import BlobStore, open_store
 from .sync.check import UpdateChecker
 from .sync.engine import Syncer
@@ -114,8 +116,9 @@ class AccessLog(AbstractAccessLogger):
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %s %.6fs "%s"',
             self.trust.client_address(request), request.method[:20], _printable(path[:500]),
-            request.version.major, request.version.minor, response.status, response.body_length, time,
-            _printable(ua[:200]),
+            request.version.major, request.version.minor, response.status,
+            response.body_length + response.get(SENT_DIRECT, 0), time,
+            _printable(ua[:200]), extra={"request_id": request.get(logs.REQUEST_ID_KEY)},
         )
 
     @property
@@ -322,8 +325,10 @@ def build_app(services: Services) -> web.Application:
             resp = await handler(request)
         except HubMirrorError as e:
             who = request.get(PRINCIPAL)
-            if isinstance(e, RepoNotFound):
-                log.info("%s %s: %s", request.method, redact(request.raw_path[:300]), e.message)
+            route = request.get(ROUTE)
+            where = logs.context(route.repo, route.revision, route.path) if route is not None else {}
+            log.log(logging.WARNING if e.status >= 500 else logging.INFO, "%s %s: %s %s", request.method,
+                    redact(request.raw_path[:300]), e.status, e.message, extra=where)
             resp = error_response(e, anonymous=who is None or who.anonymous)
         except web.HTTPException as e:
             if e.status < 400:
@@ -336,7 +341,9 @@ def build_app(services: Services) -> web.Application:
             # the client went away (mid-body or mid-answer): nothing to tell it, nothing to log
             resp = web.Response(status=499)
         except Exception:
-            log.exception("internal error on %s %s", request.method, redact(request.raw_path[:300]))
+            route = request.get(ROUTE)
+            log.exception("internal error on %s %s", request.method, redact(request.raw_path[:300]),
+                          extra=logs.context(route.repo, route.revision, route.path) if route is not None else {})
             resp = json_response({"error": "internal server error"}, status=500)
         metrics.requests.labels(request.method, str(resp.status)).inc()
         metrics.latency.labels(request.method).observe(time.perf_counter() - t0)
@@ -378,7 +385,8 @@ def build_app(services: Services) -> web.Application:
             request[PRINCIPAL] = who
         return await handler(request)
 
-    app = web.Application(middlewares=[errors, gatekeeper], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[logs.middleware, errors, gatekeeper], client_max_size=64 * 1024 * 1024)
+    logs.install(app)  # X-Request-Id on every answer
     app["services"] = services
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -208,6 +208,7 @@ class Settings(BaseSettings):
     trust_forwarded_headers: bool | None = Field(None, description="replaced by trusted_proxies")
     log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
     access_log: bool = Field(True, description="one log line per request")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, with request ids")
 
     # upstream client
     upstream_max_concurrency: int = Field(8, ge=1, le=256, description="upstream file downloads in flight")

@@ -38,6 +38,7 @@ TREE_PAGE = 1000
 TREE_PAGE_EXPANDED = 50
 COMMITS_PAGE = 50
 MAX_PATHS_INFO = 1000
+ROUTE = "hubmirror.route"  # the request's parsed route (repo, revision, path), once known
 
 
 class HubApi:
@@ -80,9 +81,12 @@ class HubApi:
 
     async def _pick(self, request: web.Request, routes: list[Route]) -> Route:
         if len(routes) == 1:
+            request[ROUTE] = routes[0]  # for the log record of a failure
             return routes[0]
         chosen = await self.guarded(request).pick_route([r.repo for r in routes])
-        return next(r for r in routes if r.repo == chosen)
+        route = next(r for r in routes if r.repo == chosen)
+        request[ROUTE] = route
+        return route
 
     async def _api(self, request: web.Request, segs: list[str], method: str) -> web.StreamResponse:
         if segs == ["whoami-v2"]:

@@ -36,10 +36,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
     s = _settings(ctx, host=host, port=port, data=data, upstream=upstream, public_url=public_url, workers=workers)
     if offline:
         s.proxy.offline = True
-    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
-    if s.workers > 1:
-        fmt = "%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s"
-    logging.basicConfig(level=s.log_level.upper(), format=fmt)
+    from ..logs import setup as setup_logging
+
+    setup_logging(s.log_level, s.log_format, pid=s.workers > 1)
     logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     endpoint = "localhost" if s.host in ("0.0.0.0", "127.0.0.1") else s.host
     banner = (f"hubmirror serving {s.data.resolve()} on http://{s.host}:{s.port} with {s.workers} "
@@ -53,13 +52,19 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
     }
     from .workers import StartupHook, listen, supervise
 
+    def announce() -> None:  # a log record when logs are JSON: every line of the log is one object
+        if s.log_format == "json":
+            logging.getLogger("hubmirror").info(banner)
+        else:
+            click.echo(banner, err=True)
+
     if s.workers == 1:
         # bound first: a port in use or an address this machine does not have is one clear line
         # (ConfigError), before anything is opened or announced
         sockets = listen(s.host, s.port, 1)[0]
         services = open_services(s)
         app = build_app(services)
-        click.echo(banner, err=True)
+        announce()
         web.run_app(app, sock=sockets, **run)
         return
 
@@ -69,4 +74,4 @@ def serve(ctx: click.Context, host: str | None, port: int | None, data: Path | N
         app.on_startup.append(on_startup)
         web.run_app(app, sock=sockets, handle_signals=False, **run)
 
-    supervise(s.host, s.port, s.workers, worker, on_ready=lambda: click.echo(banner, err=True))
+    supervise(s.host, s.port, s.workers, worker, on_ready=announce)
