@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import backends  # noqa: E402
 from helpers import Server  # noqa: E402
 from services import s3_service, s3_store_url  # noqa: E402,F401 - session fixtures (tests/services.py)
 from services import postgres_database, postgres_server, postgres_url  # noqa: E402,F401 - PostgreSQL fixtures
@@ -20,7 +21,78 @@ from hubmirror.catalog import Catalog  # noqa: E402
 from hubmirror.catalog.catalog import RefUpdate  # noqa: E402
 from hubmirror.ingest import import_folder  # noqa: E402
 from hubmirror.model.names import RepoRef, RepoType  # noqa: E402
-from hubmirror.store import LocalBlobStore  # noqa: E402
+
+
+# -- the end-to-end suite and its backend ---------------------------------------------------------
+#
+# The end-to-end suite (`-m e2e`) is the tests where real clients (huggingface_hub with and
+# without Xet, the hf CLI, transformers, datasets, wget) talk to a real `hubmirror serve`. It runs
+# on either backend:
+#
+#     ./dev test -m e2e                    SQLite + local disk
+#     ./dev test -m e2e --backend pg-s3    PostgreSQL + S3 (tests/services.py: a throwaway
+#                                          cluster and SeaweedFS, or the servers they name)
+#
+# The switch is tests/backends.py: the servers, CLI runs and imports of the tests go through it.
+# With pg-s3 only the e2e suite runs: the other tests are deselected (they belong to the default
+# run; some look at the local layout on purpose, and the tests that are about PostgreSQL or S3,
+# such as conformance/, start those services whatever the option). An e2e test marked local_only
+# is skipped there, with its reason. A test whose server env names its own HUBMIRROR_DATABASE_URL
+# or HUBMIRROR_STORE_URL (test_replicas.py) keeps them on either backend.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", choices=backends.BACKENDS, default="local",
+                     help="catalog and blob store of the hubmirror servers of the end-to-end tests (-m e2e): "
+                          "local = SQLite + local disk (default), pg-s3 = PostgreSQL + S3")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: the end-to-end suite, real clients against a real server; "
+                                       "runs on --backend=local or --backend=pg-s3")
+    config.addinivalue_line("markers", "local_only(reason): an e2e test that needs SQLite + local disk; "
+                                       "skipped with --backend=pg-s3")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"hubmirror backend: {config.getoption('backend')}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("backend") == "local":
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        if item.get_closest_marker("e2e") is None:
+            drop.append(item)
+            continue
+        keep.append(item)
+        local = item.get_closest_marker("local_only")
+        if local is not None:
+            reason = local.kwargs.get("reason") or (local.args[0] if local.args else "needs SQLite + local disk")
+            item.add_marker(pytest.mark.skip(reason=f"local backend only: {reason}"))
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def e2e_backend(request: pytest.FixtureRequest) -> Iterator[backends.Backend]:
+    """The session's backend (--backend), installed for helpers.Server, hubmirror_env and the
+    imports below; the PostgreSQL and S3 services are started only for pg-s3."""
+    name = request.config.getoption("backend")
+    if name == "pg-s3":
+        b: backends.Backend = backends.PgS3Backend(request.getfixturevalue("postgres_server"),
+                                                   request.getfixturevalue("s3_service"))
+    else:
+        b = backends.Backend()
+    backends.use(b)
+    try:
+        yield b
+    finally:
+        backends.use(backends.Backend())
+        b.close()
 
 
 def minilm_folder() -> Path:
@@ -48,11 +120,10 @@ def _write(root: Path, files: dict[str, bytes]) -> None:
 
 
 def build_fixture(base: Path) -> Fixture:
+    """Import the fixture repos into `base/data`'s catalog and store (the session's backend)."""
     data = base / "data"
-    catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
-    data.mkdir(parents=True, exist_ok=True)
-    catalog.migrate()
-    store = LocalBlobStore(data / "blobs")
+    catalog: Catalog = backends.current().catalog(data)
+    store = backends.current().store(data)
     fx = Fixture(data)
     rng = random.Random(42)
     src = base / "src"
@@ -123,7 +194,7 @@ def build_fixture(base: Path) -> Fixture:
 
 
 @pytest.fixture(scope="session")
-def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
+def fixture_data(tmp_path_factory: pytest.TempPathFactory, e2e_backend: backends.Backend) -> Fixture:
     return build_fixture(tmp_path_factory.mktemp("hub"))
 
 

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import backends
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,8 +37,18 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
     raise TimeoutError(url)
 
 
+def hubmirror_env(data: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a hubmirror process working on `data`: this one's, then the session's
+    backend (tests/backends.py: its database and bucket prefix, with --backend=pg-s3), then `env`.
+    A test whose `env` names its own database or store (HUBMIRROR_DATABASE_URL, HUBMIRROR_STORE_URL)
+    has chosen its backend: the session's is left out."""
+    env = env or {}
+    own = "HUBMIRROR_DATABASE_URL" in env or "HUBMIRROR_STORE_URL" in env
+    return {**os.environ, **({} if own else backends.current().env(data)), **env}
+
+
 class Server:
-    """`hubmirror serve` as a real process on a free port."""
+    """`hubmirror serve` as a real process on a free port, on the session's backend (hubmirror_env)."""
 
     def __init__(self, data: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data = data
@@ -46,7 +58,7 @@ class Server:
         cmd = [sys.executable, "-m", "hubmirror", "serve", "--data", str(data), "--port", str(self.port), *args]
         self._fh = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, stdout=self._fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=hubmirror_env(data, env)
         )
         try:
             wait_http(self.url + "/health", proc=self.proc)

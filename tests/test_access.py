@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from fakes.hub import FakeHub
-from helpers import Reply, Server, raw, run_client
+from helpers import Reply, Server, hubmirror_env, raw, run_client
+
+pytestmark = pytest.mark.e2e
 
 HM = [sys.executable, "-m", "hubmirror"]
 
@@ -35,7 +37,7 @@ read = ["group:ml", "user:carol"]
 
 def hm(data: Path, *args: str, config: Path | None = None) -> str:
     cmd = [*HM, *args, "--data", str(data)] + (["--config", str(config)] if config else [])
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=hubmirror_env(data))
     assert p.returncode == 0, (args, p.stdout, p.stderr)
     return p.stdout
 

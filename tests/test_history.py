@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import current as backend
 from conftest import Fixture, minilm_folder
 from fakes.hub import FakeHub
-from helpers import Server, raw, run_client
+from helpers import Server, hubmirror_env, raw, run_client
 
 from hubmirror.catalog import Catalog
 from hubmirror.model.names import RepoRef, RepoType
@@ -26,8 +27,11 @@ from hubmirror.store import LocalBlobStore
 
 
 def hm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`hubmirror ARGS`; with `--data DIR`, on the session's backend for DIR (helpers.hubmirror_env)."""
+    env = {"HUBMIRROR_UPSTREAM_BACKOFF": "0.01", **(env or {})}
+    data = Path(args[args.index("--data") + 1]) if "--data" in args else None
     return subprocess.run([sys.executable, "-m", "hubmirror", *args], capture_output=True, text=True,
-                          env={**os.environ, "HUBMIRROR_UPSTREAM_BACKOFF": "0.01", **(env or {})}, timeout=300)
+                          env=hubmirror_env(data, env) if data else {**os.environ, **env}, timeout=300)
 
 
 @pytest.fixture
@@ -39,10 +43,10 @@ def hub() -> Iterator[FakeHub]:
 
 def sound_and_complete(data: Path) -> None:
     """Every blob hashes to its name, and every file of every recorded commit has its blob."""
-    store = LocalBlobStore(data / "blobs")
+    store = backend().store(data)
     for sha in (b.sha256 for b in store.list()):
         assert hashlib.sha256(b"".join(store.read(sha))).hexdigest() == sha
-    cat = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
+    cat = backend().catalog(data)
     try:
         for repo_pk, _origin, commit in cat.all_commits():
             repo = cat._repo_by_pk(repo_pk)
@@ -53,6 +57,7 @@ def sound_and_complete(data: Path) -> None:
         cat.close()
 
 
+@pytest.mark.e2e
 def test_pinned_revision_downloads_after_upstream_moved_and_deleted_the_repo(hub: FakeHub, tmp_path: Path) -> None:
     v1 = {"config.json": b'{"v": 1}', "model.safetensors": os.urandom(300_000), "tok.json": b"tok"}
     c1 = hub.commit("acme/pinme", v1)
@@ -109,6 +114,7 @@ def test_mirror_gone_upstream_keeps_serving_and_shows_in_status_and_metrics(hub:
         s.stop()
 
 
+@pytest.mark.e2e
 def test_lock_and_verify_catch_a_single_changed_byte(server: Server, fixture_data: Fixture, tmp_path: Path) -> None:
     lock = tmp_path / "hub.lock"
     p = hm("lock", "acme/tiny@main", "datasets/acme/ds@main", "--data", str(fixture_data.data), "-o", str(lock))
@@ -177,6 +183,7 @@ def test_sync_lock_mirrors_exactly_what_the_lock_names(hub: FakeHub, tmp_path: P
         s.stop()
 
 
+@pytest.mark.e2e
 def test_bundle_exported_on_one_data_dir_serves_from_a_fresh_one(fixture_data: Fixture, tmp_path: Path) -> None:
     bundle = tmp_path / "x.tar"
     p = hm("export", "acme/tiny", "datasets/acme/ds@main", "--data", str(fixture_data.data), "-o", str(bundle))
@@ -262,6 +269,7 @@ def test_bundle_import_refuses_unsafe_or_tampered_members(fixture_data: Fixture,
     assert not Path("/tmp/evil").exists()
 
 
+@pytest.mark.e2e
 def test_hf_cache_export_loads_with_hf_hub_offline(fixture_data: Fixture, tmp_path: Path) -> None:
     cache = tmp_path / "hfcache"
     p = hm("export", "sentence-transformers/all-MiniLM-L6-v2@main", "acme/tiny@v1.0", "--data",

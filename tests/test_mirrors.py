@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakes.hub import FakeHub
-from helpers import Server, raw, run_client
+from helpers import Server, hubmirror_env, raw, run_client
 
 HM = [sys.executable, "-m", "hubmirror"]
 
@@ -180,18 +180,19 @@ def test_bad_mirror_in_config_file_is_named(tmp_path: Path) -> None:
     assert p.returncode == 1 and "mirrors.0.schedule" in p.stderr
 
 
+@pytest.mark.e2e
 def test_real_client_through_a_chained_mirror(hub: FakeHub, tmp_path: Path) -> None:
     """A central hubmirror feeding an edge hubmirror: the edge syncs from the central one."""
     files = {"config.json": b'{"v": 1}', "model.safetensors": os.urandom(200_000)}
     c1 = hub.commit("acme/chain", files)
     central_data, edge_data = tmp_path / "central", tmp_path / "edge"
     p = subprocess.run([*HM, "sync", "acme/chain", "--data", str(central_data), "--upstream", hub.url],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=hubmirror_env(central_data))
     assert p.returncode == 0, p.stderr
     central = Server(central_data)
     try:
         p = subprocess.run([*HM, "sync", "acme/chain", "--data", str(edge_data), "--upstream", central.url],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=hubmirror_env(edge_data))
         assert p.returncode == 0, p.stderr
     finally:
         central.stop()

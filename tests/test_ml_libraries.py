@@ -8,6 +8,8 @@ import pytest
 from conftest import Fixture
 from helpers import Server, run_client
 
+pytestmark = pytest.mark.e2e
+
 XET = [pytest.param(True, id="xet"), pytest.param(False, id="no-xet")]
 
 

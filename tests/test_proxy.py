@@ -13,11 +13,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from backends import current as backend
 from conftest import minilm_folder
 from fakes.hub import FakeHub
 from helpers import Server, raw, run_client
-
-from hubmirror.store import LocalBlobStore
 
 FAST = {"HUBMIRROR_UPSTREAM_BACKOFF": "0.01"}
 
@@ -34,12 +33,15 @@ def proxy_server(data: Path, hub: FakeHub, **env: str) -> Server:
 
 
 def stored_blobs(data: Path) -> list[str]:
-    return [b.sha256 for b in LocalBlobStore(data / "blobs").list()]
+    return [b.sha256 for b in backend().store(data).list()]
 
 
 def sound(data: Path) -> None:
-    store = LocalBlobStore(data / "blobs")
-    for sha in (b.sha256 for b in store.list()):
+    """Every blob the store of `data` holds (there are some) hashes to its name."""
+    store = backend().store(data)
+    blobs = [b.sha256 for b in store.list()]
+    assert blobs, "the store holds no blob: the server kept its fills somewhere else"
+    for sha in blobs:
         assert hashlib.sha256(b"".join(store.read(sha))).hexdigest() == sha
 
 
@@ -61,6 +63,7 @@ def get_raw_body(url: str, path: str, headers: dict[str, str] | None = None) -> 
         conn.close()
 
 
+@pytest.mark.e2e
 def test_cold_warm_and_upstream_stopped_with_the_real_client(hub: FakeHub, tmp_path: Path) -> None:
     files = {p.relative_to(minilm_folder()).as_posix(): p.read_bytes() for p in minilm_folder().rglob("*") if p.is_file()}
     c1 = hub.commit("sentence-transformers/all-MiniLM-L6-v2", files)
@@ -306,6 +309,7 @@ def test_no_free_space_refuses_the_fill_and_keeps_serving(hub: FakeHub, tmp_path
         s.stop()
 
 
+@pytest.mark.e2e
 def test_proxied_api_answers_are_rewritten_for_this_server(hub: FakeHub, tmp_path: Path) -> None:
     files = {f"d/f{i}.txt": f"{i}".encode() for i in range(10)}
     files["m.safetensors"] = os.urandom(1000)
@@ -339,6 +343,7 @@ def test_proxied_api_answers_are_rewritten_for_this_server(hub: FakeHub, tmp_pat
         s.stop()
 
 
+@pytest.mark.e2e
 def test_real_client_never_keeps_corrupt_bytes_from_a_bad_upstream(hub: FakeHub, tmp_path: Path) -> None:
     data = os.urandom(2 * 1024 * 1024)
     hub.commit("acme/flip", {"model.safetensors": data})
@@ -362,6 +367,7 @@ def test_real_client_never_keeps_corrupt_bytes_from_a_bad_upstream(hub: FakeHub,
         s.stop()
 
 
+@pytest.mark.e2e
 def test_datasets_load_dataset_through_a_cold_mirror(hub: FakeHub, tmp_path: Path) -> None:
     csv = "text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(30))
     hub.commit("acme/cold-ds", {"README.md": b"# ds\n", "data/train.csv": csv.encode()}, repo_type="dataset")

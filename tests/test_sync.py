@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import current as backend
 from fakes.hub import FakeHub
 from helpers import Server, raw, run_client
 
@@ -44,10 +45,8 @@ def run_sync(data: Path, upstream: str, repo: str, *, revisions: tuple[str, ...]
              exclude: tuple[str, ...] = (), token: str | None = None, retries: int = 5,
              repo_type: str = "model") -> SyncResult:
     async def go() -> SyncResult:
-        catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
-        data.mkdir(parents=True, exist_ok=True)
-        catalog.migrate()
-        store = LocalBlobStore(data / "blobs")
+        catalog = backend().catalog(data)
+        store = backend().store(data)
         async with HubClient(upstream, token, max_retries=retries, backoff_base=0.01) as client:
             spec = MirrorSpec(repo=repo, type=RepoType(repo_type), revisions=list(revisions), include=list(include),
                               exclude=list(exclude))
@@ -78,11 +77,12 @@ def served(server: Server, repo: str, path: str, rev: str = "main") -> bytes:
 
 def blobs_are_sound(data: Path) -> None:
     """Every published blob hashes to its name: nothing corrupt was ever published."""
-    store = LocalBlobStore(data / "blobs")
+    store = backend().store(data)
     for sha in (b.sha256 for b in store.list()):
         assert hashlib.sha256(b"".join(store.read(sha))).hexdigest() == sha
 
 
+@pytest.mark.e2e
 def test_sync_then_clients_download_every_revision(hub: FakeHub, tmp_path: Path) -> None:
     files = files_v1()
     c1 = hub.commit("acme/up", files)
@@ -322,6 +322,7 @@ def test_cli_json_and_exit_codes(hub: FakeHub, tmp_path: Path) -> None:
     assert p.returncode == 2 and "invalid repo id" in p.stderr
 
 
+@pytest.mark.e2e
 def test_snapshot_download_during_a_sync_sees_one_snapshot(hub: FakeHub, tmp_path: Path) -> None:
     files = {f"f{i}.bin": os.urandom(100_000) for i in range(6)}
     hub.commit("acme/up", files)
