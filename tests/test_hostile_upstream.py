@@ -120,7 +120,9 @@ def test_a_resume_onto_bytes_of_a_corrupted_fill_is_refused(hub: FakeHub, tmp_pa
         for name, content, at in (("model.safetensors", data, 1000), ("other.safetensors", other, len(other) // 2)):
             path = f"/acme/flip/resolve/main/{name}"
             hub.fault("flip", "/blob/*", times=1, at=at)
-            hub.fault("slow", "/blob/*", times=1, delay=0.01)  # the client gets the bytes as they come
+            # the client gets the bytes as they come (slow enough for the journal's checkpoints to
+            # let it have the flipped byte before the end)
+            hub.fault("slow", "/blob/*", times=1, delay=0.04)
             status, _h, first, complete = get(s.url, path)
             assert status == 200 and not complete  # the verdict came last: never a clean end
             assert len(first) > at and first[at] != content[at]  # the client does hold a wrong byte

@@ -127,6 +127,7 @@ class Filler:
         self.journal = Journal(catalog, resume_guard)
         self.on_filled = on_filled
         self._fills: dict[FillKey, Fill] = {}
+        self._starting: dict[FillKey, tuple[asyncio.Lock, int]] = {}  # per blob: who decides, how many wait
         self._watches: dict[str, asyncio.Future[None]] = {}  # lease name -> the wait for another replica
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = FillStats({"full": 0, "range": 0}, {"full": 0, "range": 0})
@@ -177,6 +178,26 @@ class Filler:
         fill = self._fills.get(key)
         if fill is not None:
             return fill.join() if fill.error is None else TAINTED
+        # one request of this process decides at a time per blob (the others then find its fill):
+        # two that both asked for the lease would see it held, by this very process
+        lock, waiting = self._starting.get(key, (asyncio.Lock(), 0))
+        self._starting[key] = (lock, waiting + 1)
+        try:
+            async with lock:
+                fill = self._fills.get(key)
+                if fill is not None:
+                    return fill.join() if fill.error is None else TAINTED
+                return await self._start(ref, commit, entry, keep=keep, trigger=trigger, start=start)
+        finally:
+            lock, waiting = self._starting[key]
+            if waiting == 1:
+                del self._starting[key]
+            else:
+                self._starting[key] = (lock, waiting - 1)
+
+    async def _start(self, ref: RepoRef, commit: str, entry: Entry, *, keep: bool, trigger: str,
+                     start: int) -> FillReader | None | object:
+        key = key_for(entry)
         if self.max_bytes is not None and entry.size > self.max_bytes:
             keep = False  # larger than the whole budget: stream it through, verified, without keeping it
         prepared = await asyncio.to_thread(self._prepare, entry, keep)

@@ -286,6 +286,10 @@ class PullThrough:
             f"cannot resume {hit.repo.ref}/{e.path}: an earlier transfer of it sent bytes that were never "
             f"verified and do not match the verified file; download it again from the first byte "
             f"(curl: without -C)")
+        # nothing was compared (yet): a verdict needs a verified copy this mirror does not have now
+        undecided = UpstreamUnavailable(
+            f"cannot resume {hit.repo.ref}/{e.path} yet: an earlier transfer of it sent bytes that are still "
+            f"being checked against a verified copy; retry in a moment")
         if stored and e.sha256 is not None:
             if await self.filler.prove_stored(e, e.sha256, taints, start):
                 self.filler.stats.resumes_proven += 1
@@ -294,21 +298,31 @@ class PullThrough:
             raise refused
         if self.offline:
             self.filler.stats.resumes_refused += 1
-            raise refused
-        joined = self.filler.join_active(e) or await self.filler.join(
-            hit.repo.ref, hit.commit, e, keep=keep, trigger="range")
-        if joined is WAIT:  # another replica fetches it: prove against what it publishes
-            await self.filler.wait_remote(e, alive)
-            e = await self._learnt(e)
+            raise ResumeRefused(
+                f"cannot resume {hit.repo.ref}/{e.path}: an earlier transfer of it sent bytes that were never "
+                f"verified, and this mirror is offline with no verified copy to check them against; download "
+                f"it again from the first byte (curl: without -C)")
+        joined: object = None
+        for _ in range(3):
+            joined = self.filler.join_active(e) or await self.filler.join(
+                hit.repo.ref, hit.commit, e, keep=keep, trigger="range")
+            if joined is WAIT:  # another replica fetches it: wait for its verdict
+                await self.filler.wait_remote(e, alive)
+            elif joined is TAINTED:  # a fill of it is failing right now: wait until it has recorded why
+                dying = self.filler.failing(e)
+                if dying is not None:
+                    await asyncio.wait_for(dying.done.wait(), 120)
+            if joined is not WAIT and joined is not TAINTED and joined is not None:
+                break
+            e = await self._learnt(e)  # stored meanwhile (by a fill here or elsewhere)? prove against it
             if e.sha256 is not None and await self._run(self.store.stat, e.sha256) is not None:
                 if await self.filler.prove_stored(e, e.sha256, taints, start):
                     self.filler.stats.resumes_proven += 1
                     return StoredBody(self.store, e.sha256, redirect=self.local.redirect)
-            joined = None
-        if joined is None or joined is TAINTED:
-            self.filler.stats.resumes_refused += 1
-            raise refused  # stored a moment ago, or a fill failing right now: the client may retry
-        assert isinstance(joined, FillReader)
+                self.filler.stats.resumes_refused += 1
+                raise refused
+        if not isinstance(joined, FillReader):
+            raise undecided  # no verified copy came of it: the client retries
         fill = joined.fill
         try:
             while not fill.done.is_set():
@@ -317,8 +331,10 @@ class PullThrough:
                     raise ConnectionResetError("the client went away")
             # the fill compared its verified bytes with every failed fill of this blob when it verified
             left = self.filler.taints(e, start)
-            if fill.error is None and fill.verified and fill.sha256 is not None and joined.fd is not None and (
-                    not left or await self.filler.prove_spool(e, fill.sha256, left, start, joined.fd)):
+            if fill.error is not None or not fill.verified or fill.sha256 is None or joined.fd is None:
+                joined.release()
+                raise undecided  # that download failed too: nothing to compare with yet
+            if not left or await self.filler.prove_spool(e, fill.sha256, left, start, joined.fd):
                 self.filler.stats.resumes_proven += 1
                 return FillBody(joined, f"{hit.repo.ref}/{e.path}")  # streamed from the verified spool
         except BaseException:
