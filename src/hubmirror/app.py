@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timezone
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from . import logs
 from .api.admin import AdminApi, is_admin_path
 from .api.auth import Authenticator
 from .api.gate import Gate
@@ -34,15 +25,16 @@ from .api.http import (
     redact,
 )
 from .api.hub import PRINCIPAL, ROUTE, HubApi
+from .api.metrics import Metrics, multiprocess_dir
 from .api.mirror import MirrorApi
-from . import logs
 from .catalog import Catalog
 from .config import Settings
 from .coord.base import Coordinator
 from .coord.limits import Bandwidth
 from .coord.local import LocalCoordinator
 from .errors import ConfigError, Forbidden, HubMirrorError, Unauthorized
-from .hub import CircuitBreaker, HubClient, Shared
+from .events.dispatcher import Dispatcher
+from .hub import CircuitBreaker, Shared
 from .proxy import Filler, Rules
 from .proxy.journal import recover_crashed_fills
 from .serve import LocalReader, PullThrough, Reader
@@ -52,6 +44,7 @@ from .store import BlobStore, open_store
 from .sync.check import UpdateChecker
 from .sync.engine import Syncer
 from .sync.service import MirrorService
+from .ui import mount_ui
 
 log = logging.getLogger("hubmirror")
 
@@ -117,7 +110,7 @@ class AccessLog(AbstractAccessLogger):
             '%s "%s %s HTTP/%d.%d" %d %s %.6fs "%s"',
             self.trust.client_address(request), request.method[:20], _printable(path[:500]),
             request.version.major, request.version.minor, response.status,
-            response.body_length + response.get(SENT_DIRECT, 0), time,
+            response.body_length + request.get(SENT_DIRECT, 0), time,
             _printable(ua[:200]), extra={"request_id": request.get(logs.REQUEST_ID_KEY)},
         )
 
@@ -171,103 +164,6 @@ async def _every(seconds: float, fn: Callable[[], Awaitable[None]], what: str) -
             log.exception("could not record %s", what)
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "hubmirror_http_requests", "HTTP requests", ["method", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "hubmirror_http_request_seconds",
-            "Time to the response headers",
-            ["method"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-        )
-        self.bytes_served = Counter(
-            "hubmirror_served_bytes", "File bytes sent to clients", registry=self.registry
-        )
-
-    def watch_catalog(self, catalog: Catalog) -> None:
-        """Repos gone upstream (with the time they were found gone) and pins, read at scrape time."""
-
-        class _Catalog(Collector):
-            def collect(self) -> Iterator[Metric]:
-                gone = GaugeMetricFamily("hubmirror_repo_gone_upstream_since_seconds",
-                                         "Unix time a mirrored repo was first found gone upstream",
-                                         labels=["repo_type", "repo_id"])
-                repos = {r.pk: r.ref for r in catalog.list_repos()}
-                for pk, (since, _msg) in catalog.gone().items():
-                    if pk in repos:
-                        gone.add_metric([repos[pk].repo_type.value, repos[pk].repo_id],
-                                        since.replace(tzinfo=timezone.utc).timestamp())
-                yield gone
-                yield GaugeMetricFamily("hubmirror_pins", "Pinned commits", value=len(catalog.pins()))
-
-        self.registry.register(_Catalog())
-
-    def watch_upstream(self, breaker: CircuitBreaker, *clients: HubClient) -> None:
-        """Expose the upstream clients' counters (requests, bytes, retries, 429s) and the breaker."""
-
-        class _Upstream(Collector):
-            def collect(self) -> Iterator[Metric]:
-                def total(attr: str) -> int:
-                    return sum(getattr(c.stats, attr) for c in clients)
-
-                yield CounterMetricFamily("hubmirror_upstream_requests", "Requests sent upstream", value=total("calls"))
-                yield CounterMetricFamily("hubmirror_upstream_bytes", "Bytes received from upstream",
-                                          value=total("bytes"))
-                yield CounterMetricFamily("hubmirror_upstream_retries", "Upstream retries", value=total("retries"))
-                yield CounterMetricFamily("hubmirror_upstream_rate_limited", "429 answers", value=total("rate_limited"))
-                yield CounterMetricFamily("hubmirror_upstream_too_slow",
-                                          "File bodies aborted for falling below upstream_min_rate",
-                                          value=total("too_slow"))
-                yield CounterMetricFamily("hubmirror_upstream_short_circuited",
-                                          "Requests not sent because the upstream failed recently",
-                                          value=total("short_circuited"))
-                yield GaugeMetricFamily("hubmirror_upstream_unreachable",
-                                        "1 while the circuit breaker holds the upstream as unreachable",
-                                        value=1 if breaker.is_open() else 0)
-
-        self.registry.register(_Upstream())
-
-    def watch_fills(self, filler: Filler) -> None:
-        """Pull-through fills: started by a whole-file GET or by a Range request (which downloads the
-        whole file too: a 1-byte Range of an uncached file costs the file), bytes, failures."""
-
-        class _Fills(Collector):
-            def collect(self) -> Iterator[Metric]:
-                st = filler.stats
-                started = CounterMetricFamily("hubmirror_fills", "Pull-through fills started, by what asked",
-                                              labels=["trigger"])
-                nbytes = CounterMetricFamily("hubmirror_fill_bytes", "Bytes fetched by pull-through fills",
-                                             labels=["trigger"])
-                for trig in ("full", "range"):
-                    started.add_metric([trig], st.started[trig])
-                    nbytes.add_metric([trig], st.bytes[trig])
-                yield started
-                yield nbytes
-                yield CounterMetricFamily("hubmirror_fills_failed", "Fills that ended without a verified blob",
-                                          value=st.failed)
-                yield CounterMetricFamily("hubmirror_fills_orphaned", "Fills stopped because every client left",
-                                          value=st.orphaned)
-                resumes = CounterMetricFamily("hubmirror_unverified_resumes",
-                                              "Resumes onto bytes a failed fill had sent, by outcome",
-                                              labels=["result"])
-                resumes.add_metric(["proven"], st.resumes_proven)
-                resumes.add_metric(["refused"], st.resumes_refused)
-                yield resumes
-                shared = CounterMetricFamily("hubmirror_fills_shared",
-                                             "Blobs another process was filling: followed through its spool "
-                                             "file (this box) or waited for (another replica)", labels=["how"])
-                shared.add_metric(["followed"], st.followed)
-                shared.add_metric(["waited"], st.waited)
-                yield shared
-                yield GaugeMetricFamily("hubmirror_fills_in_flight", "Fills running now", value=filler.in_flight)
-
-        self.registry.register(_Fills())
-
-
 def build_app(services: Services) -> web.Application:
     s = services.settings
     # one pair of caps (metadata calls, file bodies) and one circuit breaker for the whole server
@@ -310,17 +206,20 @@ def build_app(services: Services) -> web.Application:
     gate = Gate(s.access, s.limits, auth, services.coord.counters, Bandwidth())
     admin = AdminApi(services.catalog, services.store, s.data, auth=auth, admin_address=gate.admin_address,
                      mirrors=mirrors, syncer=syncer, config_mirrors=s.mirrors)
-    api = HubApi(reader, local, policy, public_url=s.public_url, trust=trust,
-                 mirror_api=MirrorApi(mirrors, checker, secret), admin_api=admin)
-    metrics = Metrics()
+    metrics = Metrics(shared=multiprocess_dir(s.workers))  # api/metrics.py: what /metrics says
     metrics.watch_upstream(shared.breaker, client, proxy_client)
     metrics.watch_catalog(services.catalog)
+    metrics.watch_store(services.store, int(s.proxy.min_free))
+    metrics.watch_gate(gate)
+    metrics.watch_sync(syncer, mirrors)
+    events = Dispatcher.from_settings(s, services.catalog, services.store)  # [[notify]], [[hooks]], disk-low
     if filler is not None:
         metrics.watch_fills(filler)
+    api = HubApi(metrics.cache_reader(reader), local, policy, public_url=s.public_url, trust=trust,
+                 mirror_api=MirrorApi(mirrors, checker, secret), admin_api=admin)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        t0 = time.perf_counter()
         try:
             resp = await handler(request)
         except HubMirrorError as e:
@@ -345,10 +244,6 @@ def build_app(services: Services) -> web.Application:
             log.exception("internal error on %s %s", request.method, redact(request.raw_path[:300]),
                           extra=logs.context(route.repo, route.revision, route.path) if route is not None else {})
             resp = json_response({"error": "internal server error"}, status=500)
-        metrics.requests.labels(request.method, str(resp.status)).inc()
-        metrics.latency.labels(request.method).observe(time.perf_counter() - t0)
-        if request.method == "GET" and resp.status in (200, 206) and resp.content_length:
-            metrics.bytes_served.inc(resp.content_length)
         return resp
 
     async def health(request: web.Request) -> web.StreamResponse:
@@ -370,9 +265,6 @@ def build_app(services: Services) -> web.Application:
             return json_response({"status": "unavailable", "problems": problems}, status=503)
         return json_response({"status": "ready"})
 
-    async def metrics_view(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     @web.middleware
     async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -385,12 +277,14 @@ def build_app(services: Services) -> web.Application:
             request[PRINCIPAL] = who
         return await handler(request)
 
-    app = web.Application(middlewares=[logs.middleware, errors, gatekeeper], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[logs.middleware, metrics.middleware, errors, gatekeeper],
+                          client_max_size=64 * 1024 * 1024)
     logs.install(app)  # X-Request-Id on every answer
     app["services"] = services
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/metrics", metrics.view)
+    mount_ui(app, api, admin, services, breaker=shared.breaker, filler=filler, metrics=metrics)  # / and /-/
     app.router.add_route("*", r"/{tail:[\s\S]*}", api.dispatch)
 
     background: list[asyncio.Task[None]] = []
@@ -399,6 +293,8 @@ def build_app(services: Services) -> web.Application:
         if filler is not None:
             await filler.start()
         mirrors.start()
+        await events.start()
+        await metrics.start()
         if proxy is not None:
             background.append(asyncio.create_task(proxy.run_flusher()))
         background.append(asyncio.create_task(_every(30.0, auth.flush_usage, "token usage")))
@@ -409,9 +305,11 @@ def build_app(services: Services) -> web.Application:
         await asyncio.gather(*background, return_exceptions=True)
         await admin.close()
         await mirrors.stop()
+        await events.stop()
         if proxy is not None:
             await proxy.filler.close()
             await proxy.flush_access()
+        await metrics.close()
         await client.close()
         await proxy_client.close()
         services.catalog.close()

@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from .coord.limits import parse_bandwidth, parse_rate
 from .errors import ConfigError
+from .events.settings import HookSettings, NotifySettings, unique_names
 from .hub import HubClient, Limits, Shared
 from .model.access import validate_subject
 from .model.mirror import MirrorSpec
@@ -164,6 +165,25 @@ class LimitSettings(BaseModel):
         return v
 
 
+class UiSettings(BaseModel):
+    """The web UI at / (src/hubmirror/ui/): sign-in sessions are signed cookies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="serve the web UI at / and /-/")
+    session_secret: SecretStr | None = Field(
+        None, description="key that signs UI sessions; the same on every replica (default: a random key kept in "
+                          "DATA/ui-session.key)")
+    session_ttl: float = Field(12 * 3600.0, ge=60, le=30 * 86400, description="seconds a UI sign-in lasts")
+
+    @field_validator("session_secret")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("ui.session_secret must be at least 32 characters (e.g. openssl rand -hex 32)")
+        return v
+
+
 class S3Settings(BaseModel):
     """Where an `s3://bucket/prefix` store_url lives; unset values come from the standard AWS
     environment variables and files (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION...)."""
@@ -232,9 +252,27 @@ class Settings(BaseSettings):
                              "died (a fill, the scheduler) are taken over by another (PostgreSQL; on one box at once)")
     webhook_secret: SecretStr | None = Field(None, description="X-Webhook-Secret for POST /api/hooks/hub")
 
+    # events (src/hubmirror/events/): outgoing webhooks and post-sync hooks
+    notify: list[NotifySettings] = Field(default_factory=list, description="[[notify]] tables: outgoing webhooks")
+    hooks: list[HookSettings] = Field(default_factory=list,
+                                      description="[[hooks]] tables: commands run after a mirror gets a new commit")
+    disk_low: ByteSize | None = Field(None, description="free blob space under which disk-low fires "
+                                                        "(default: 2 x proxy.min_free)")
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_names(cls, v: list[NotifySettings]) -> list[NotifySettings]:
+        return unique_names(v, "notify")
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_names(cls, v: list[HookSettings]) -> list[HookSettings]:
+        return unique_names(v, "hooks")
+
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @field_validator("upstream")
     @classmethod

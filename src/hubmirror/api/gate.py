@@ -22,7 +22,7 @@ from ..coord.limits import (
     parse_rate,
     ratelimit_headers,
 )
-from ..errors import Forbidden, RateLimited
+from ..errors import Forbidden, RateLimited, Unauthorized
 from ..model.access import Principal
 from ..serve.stream import PACER
 from .auth import Authenticator
@@ -81,6 +81,8 @@ class Gate:
         self.per_key = parse_bandwidth(limits.bandwidth) if limits.bandwidth else None
         self.per_conn = parse_bandwidth(limits.connection_bandwidth) if limits.connection_bandwidth else None
         self.limited = any(rate.values()) or self.per_key is not None or self.per_conn is not None
+        self.refused = {"address": 0, "token": 0}  # requests refused, for /metrics
+        self.rate_limited = {"api": 0, "resolvers": 0}
 
     async def admit(self, request: web.Request) -> Principal | None:
         """The request's principal, or an error (403, 401, 429). None for /health."""
@@ -89,8 +91,13 @@ class Gate:
             return None
         client = self.auth.trust.client_address(request)
         if self.allow and not address_in(client, self.allow):
+            self.refused["address"] += 1
             raise Forbidden("requests from this address are not allowed here")
-        who = await self.auth.principal(request)
+        try:
+            who = await self.auth.principal(request)
+        except Unauthorized:
+            self.refused["token"] += 1
+            raise
         if not self.limited:
             return who
         bucket = bucket_of(request.method, path)
@@ -99,6 +106,7 @@ class Gate:
             if rate is not None:
                 v = await self.counters.hit(limit_key(who), bucket, rate.limit, rate.window)
                 if not v.allowed:
+                    self.rate_limited[bucket] += 1
                     raise RateLimited(
                         f"rate limit reached: {v.limit} requests per {int(v.window)} s in '{bucket}'; "
                         f"retry in {v.retry_after} s", ratelimit_headers(v))

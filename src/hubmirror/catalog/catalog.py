@@ -21,6 +21,7 @@ from ..model.names import RepoRef, RepoType, is_commit_sha
 from . import schema as t
 from .access import AccessQueries
 from .engine import create_engine, insert, normalise_url, write
+from .events import EventQueries
 from .lifecycle import LifecycleQueries
 from .mirrors import MirrorQueries
 from .proxy import ProxyQueries
@@ -52,7 +53,7 @@ def branch_ref(name: str) -> str:
     return name if name.startswith("refs/") else f"refs/heads/{name}"
 
 
-class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries):
+class Catalog(MirrorQueries, LifecycleQueries, ProxyQueries, AccessQueries, EventQueries):
     def __init__(self, url: str | sa.URL) -> None:
         """`sqlite:///path` or `postgresql://user:password@host/db` (`postgresql+psycopg://` too)."""
         u = normalise_url(url)

@@ -274,3 +274,74 @@ tokens = sa.Table(
 audit_log.append_column(sa.Column("actor", sa.String(200), nullable=True))  # e.g. cli:alice, user:bob (token ci)
 audit_log.append_column(sa.Column("client", sa.String(100), nullable=True))  # local, or the client's address
 audit_at_index = sa.Index("ix_audit_at", audit_log.c.at)
+
+# 0007 (events): the outbox of events (catalog/events.py), the webhook delivery log, post-sync hook
+# runs, and flags such as "the disk is low" that must change once however many processes look
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # events/kinds.py
+    sa.Column("repo_type", sa.String(16), nullable=True),
+    sa.Column("repo_id", sa.String(200), nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("fanned_out_at", UtcDateTime, nullable=True),  # NULL: no dispatcher has taken it yet
+    sa.Index("ix_events_pending", "fanned_out_at", "id"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event", sa.Integer, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("uuid", sa.String(36), nullable=False),  # X-Hubmirror-Delivery, the same on every attempt
+    sa.Column("target", sa.String(200), nullable=False),  # the [[notify]] table's name
+    sa.Column("url", sa.Text, nullable=False),  # as displayed: no credentials, no query
+    sa.Column("status", sa.String(12), nullable=False),  # queued | sending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    sa.Column("claim", sa.String(32), nullable=True),  # who is sending it (compare-and-set)
+    sa.Column("claimed_until", UtcDateTime, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("delivered_at", UtcDateTime, nullable=True),
+    sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_deliveries_event", "event"),
+)
+
+hook_runs = sa.Table(
+    "hook_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("hook", sa.String(64), nullable=False),  # the [[hooks]] table's name
+    sa.Column("repo_type", sa.String(16), nullable=False),
+    sa.Column("repo_id", sa.String(200), nullable=False),
+    sa.Column("revision", sa.String(300), nullable=False),
+    sa.Column("commit", sa.String(40), nullable=False),
+    sa.Column("old_commit", sa.String(40), nullable=True),
+    sa.Column("is_check", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("status", sa.String(12), nullable=False),  # queued | running | done
+    sa.Column("result", sa.String(16), nullable=True),  # ok | failed | timeout | error | interrupted
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("duration", sa.Float, nullable=True),  # seconds
+    sa.Column("output", sa.Text, nullable=True),  # the last ~4 KB of stdout and stderr
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claim", sa.String(32), nullable=True),
+    sa.Column("claimed_until", UtcDateTime, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=True),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.UniqueConstraint("repo_type", "repo_id", "commit", "hook", name="uq_hook_runs_commit_hook"),
+    sa.Index("ix_hook_runs_status", "status"),
+    sa.Index("ix_hook_runs_repo", "repo_type", "repo_id", "id"),
+)
+
+event_state = sa.Table(
+    "event_state",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),  # e.g. disk-low
+    sa.Column("value", sa.String(64), nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)

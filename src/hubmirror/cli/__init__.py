@@ -5,7 +5,7 @@ from .base import cli
 
 
 def main() -> None:
-    from . import access, history, mirrors, repos, serve  # noqa: F401  (register their commands)
+    from . import access, history, mirrors, notify, repos, serve  # noqa: F401  (register their commands)
 
     cli(obj={})
 

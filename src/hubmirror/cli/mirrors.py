@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -178,6 +178,10 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
         if repo_id:
             d["history"] = cat.runs(repo.ref)
         out.append(d)
+    from ..ops.notify import delivery_summary, hook_results
+
+    for d in out:  # post-sync hooks ([[hooks]]): the newest result of each; with REPO_ID the last 20 runs
+        d["hooks"] = hook_results(cat, RepoRef.parse(d["repo_id"], d["repo_type"]), latest_only=not repo_id)
     if as_json:
         click.echo(json.dumps(out, default=str))
         return
@@ -217,6 +221,10 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
         _echo_history(d)
     if proxied and not repo_id:
         click.echo(f"({proxied} repos pulled through on demand; `hubmirror status REPO` shows one)")
+    sent = delivery_summary(cat) if not repo_id else {}
+    if sent:
+        click.echo("webhooks in the last 24 h: " + ", ".join(f"{n} {k}" for k, n in sorted(sent.items()))
+                   + " (hubmirror notify log)")
 
 
 def _iso(t: Any) -> str | None:
@@ -231,6 +239,13 @@ def _echo_last_run(d: dict[str, Any]) -> None:
 
 
 def _echo_history(d: dict[str, Any]) -> None:
+    for h in d.get("hooks", []):  # post-sync hooks first, newest first
+        facts = [f"{h['result'] or h['status']}" + ("" if h["exit_code"] in (None, 0) else f" (exit {h['exit_code']})")]
+        facts += [f"{h['duration']:.1f} s"] if h["duration"] is not None else []
+        facts += [h["finished_at"] or h["started_at"] or ""]
+        last = (h["output"] or "").strip().splitlines()[-1:] if h["result"] != "ok" else []
+        click.echo(f"  hook {h['hook']}{' (check)' if h['check'] else ''} on {h['revision']} {h['commit'][:12]}: "
+                   + ", ".join(f for f in facts if f) + (f": {last[0][:200]}" if last else ""))
     for run in d.get("history", []):
         click.echo(f"  run {run['id']} {run['started_at']:%Y-%m-%d %H:%M:%S} {run['trigger']:8} {run['status']:10} "
                    f"fetched {run['files_fetched']} files/{run['bytes_fetched']} B, reused {run['files_reused']} "

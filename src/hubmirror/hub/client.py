@@ -70,6 +70,10 @@ class UpstreamStats:
     too_slow: int = 0  # file bodies aborted for not making minimum progress
     short_circuited: int = 0  # requests not sent because the breaker was open
     by_kind: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)  # "200", "429"... or "error" (no answer)
+
+    def answered(self, status: str) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -252,8 +256,10 @@ class HubClient:
                 except (aiohttp.InvalidURL, ValueError) as e:
                     raise UpstreamError(f"upstream URL {_safe(url)} is invalid") from e
                 except _NET_ERRORS as e:
+                    self.stats.answered("error")
                     failure = self._net_failure(e, url, kind, attempt)
                 else:
+                    self.stats.answered(str(resp.status))
                     if resp.status not in RETRY_STATUS:
                         if resp.status < 500:
                             self._answered()

@@ -84,6 +84,7 @@ async def scrub(
         report.corrupt.append(sha)
         await asyncio.to_thread(store.delete, sha)
         await asyncio.to_thread(catalog.audit, "scrub-corrupt", None, sha256=sha, actual=actual)
+        await asyncio.to_thread(catalog.emit_event, "scrub-corrupt", None, sha256=sha, actual=actual)  # notify
         if not repair or client is None:
             report.unrepaired[sha] = "repair not requested" if not repair else "no upstream"
             continue

@@ -296,14 +296,14 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, path: Path, 
         try:
             if pacer is None:
                 await loop.sendfile(transport, fh, start, count)  # unlimited: one zero-copy call
-                sent_direct(resp, count)
+                sent_direct(request, count)
             else:
                 pos, left = start, count
                 while left > 0:  # a bandwidth limit: zero-copy still, a paced chunk at a time
                     n = min(left, pacer.chunk_size)
                     await pacer.take(n)
                     await loop.sendfile(transport, fh, pos, n)
-                    sent_direct(resp, n)
+                    sent_direct(request, n)
                     pos, left = pos + n, left - n
         except NotImplementedError:
             fh.seek(start)
@@ -442,7 +442,7 @@ async def _send_chunk(request: web.Request, resp: web.StreamResponse, loop: asyn
         async with asyncio.timeout(SEND_IDLE):
             try:
                 await loop.sendfile(transport, spool, pos, count)
-                sent_direct(resp, count)
+                sent_direct(request, count)
             except NotImplementedError:
                 await resp.write(await asyncio.to_thread(os.pread, fd, count, pos))
     except TimeoutError:
@@ -453,8 +453,8 @@ async def _send_chunk(request: web.Request, resp: web.StreamResponse, loop: asyn
 SENT_DIRECT = "hubmirror.sent_direct"  # bytes sent with sendfile(2), which aiohttp's count misses
 
 
-def sent_direct(resp: web.StreamResponse, n: int) -> None:
-    resp[SENT_DIRECT] = resp.get(SENT_DIRECT, 0) + n
+def sent_direct(request: web.Request, n: int) -> None:
+    request[SENT_DIRECT] = request.get(SENT_DIRECT, 0) + n
 
 
 CHUNK = 1 << 20

@@ -20,6 +20,7 @@ import asyncio
 import fnmatch
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,7 @@ class Syncer:
         self.parallel = parallel
         self.on_published = on_published
         self.retag = False
+        self.on_finished: Callable[[SyncResult, float], None] | None = None  # (result, seconds): metrics
 
     async def sync(
         self, spec: MirrorSpec, *, trigger: str = "cli", progress: Progress | None = None, retag: bool = False,
@@ -151,6 +153,7 @@ class Syncer:
             raise SyncBusy(f"a sync of {ref} is already running")
         result = SyncResult(ref, lock=lock)
         calls0 = self.client.stats.calls
+        t0 = time.monotonic()
         await asyncio.to_thread(self.catalog.close_interrupted_runs, ref)
         result.run_id = await asyncio.to_thread(self.catalog.start_run, ref, trigger)
         gc_lock = self.coord.gc_lock()
@@ -162,6 +165,7 @@ class Syncer:
             result.status = "failed"
             result.error = e.message
             e.sync_result = result  # type: ignore[attr-defined]  # what the CLI reports (--json)
+            await asyncio.to_thread(self.catalog.emit_sync_failed, ref, e, trigger)  # events/: notify
             raise
         except BaseException as e:  # also cancellation (server shutdown) and Ctrl-C: never left "running"
             result.status = "failed"
@@ -169,6 +173,8 @@ class Syncer:
             raise
         finally:
             result.upstream_calls = self.client.stats.calls - calls0
+            if self.on_finished is not None:
+                self.on_finished(result, time.monotonic() - t0)
             await asyncio.to_thread(
                 self.catalog.finish_run,
                 result.run_id,
@@ -199,6 +205,7 @@ class Syncer:
             return err
         if await asyncio.to_thread(self.catalog.mark_gone, mirrored.pk, err.message):
             await asyncio.to_thread(self.catalog.audit, "gone-upstream", ref, message=err.message)
+            await asyncio.to_thread(self.catalog.emit_event, "repo-gone", ref, message=err.message)
         return RepoNotFound(f"{ref} is gone upstream ({err.message}); everything mirrored stays served")
 
     async def resolve_revisions(self, spec: MirrorSpec) -> list[tuple[str, str, str | None]]:
@@ -240,6 +247,7 @@ class Syncer:
             repo = await asyncio.to_thread(self.catalog.set_origin, repo, "mirror")
         for revision, commit, refname in wanted:
             current = (await asyncio.to_thread(self.catalog.refs, repo)).get(refname) if refname else None
+            before = current  # for the commit-mirrored event
             repointed = (refname is not None and refname.startswith("refs/tags/") and current is not None
                          and current != commit and not self.retag)
             known = await asyncio.to_thread(self.catalog.get_commit, repo, commit)
@@ -259,6 +267,8 @@ class Syncer:
                     log.warning("%s: upstream re-pointed %s from %s to %s; keeping ours", ref, refname, current, commit)
                     await asyncio.to_thread(self.catalog.audit, "tag-repointed-upstream", ref, tag=refname,
                                             mirrored=current, upstream=commit)
+                    await asyncio.to_thread(self.catalog.emit_event, "tag-repointed", ref, tag=refname,
+                                            mirrored=current, upstream=commit)
                 result.revisions.append(RevisionResult(revision, str(current), "tag-kept"))
                 continue
             if refname is not None and current != commit:
@@ -271,6 +281,8 @@ class Syncer:
                     await asyncio.to_thread(self.catalog.audit, "tag-moved", ref, tag=refname, old=current, new=commit)
                 status = "synced"
             result.revisions.append(RevisionResult(revision, commit, status))
+            if status == "synced":  # events/: notify and post-sync hooks
+                await asyncio.to_thread(self.catalog.emit_commit_mirrored, repo, revision, refname, before, commit)
         if self.on_published:
             self.on_published(ref)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +54,7 @@ class MirrorService:
         self._again: set[RepoRef] = set()
         self._task: asyncio.Task[None] | None = None
         self.on_change = on_change
+        self.on_checked: Callable[[RepoRef, str, float], None] | None = None  # (ref, result, seconds): metrics
 
     def load_config(self, mirrors: list[MirrorSpec]) -> None:
         for spec in mirrors:
@@ -133,12 +135,32 @@ class MirrorService:
         finally:
             self._running.pop(ref, None)
 
+    def _repo_free(self, ref: RepoRef) -> bool:
+        """Is no other process syncing this repo? (A probe of its lock, let go at once.)"""
+        assert self.coord is not None
+        lock = self.coord.repo_lock(ref)
+        if not lock.acquire(False):
+            return False
+        lock.release()
+        return True
+
     async def _check_and_sync(self, m: MirrorRow, trigger: str) -> None:
         ref, spec = m.spec.ref, m.spec
         now = utcnow()
+        t0, result = time.monotonic(), "up-to-date"
         state: dict[str, Any] = {"last_check_at": now, "next_run_at": next_run(spec.schedule, now) + jitter(spec)}
-        if trigger == "schedule":  # at once: a scheduler taking over meanwhile finds it fired
-            await asyncio.to_thread(self.catalog.update_mirror_state, ref, next_run_at=state["next_run_at"])
+        if trigger == "schedule":
+            if self.coord is not None and not await asyncio.to_thread(self._repo_free, ref):
+                # another process syncs it right now (the scheduler moved while it ran): look again
+                # soon, without asking the upstream anything
+                await asyncio.to_thread(self.catalog.update_mirror_state, ref,
+                                        next_run_at=now + timedelta(seconds=self.tick_seconds * 2))
+                return
+            # at once: a scheduler taking over meanwhile finds it fired; a retry soon, not a whole
+            # interval later, if this process dies before it ends (the end sets the real next run)
+            retry = now + timedelta(seconds=max(60.0, self.lease_ttl * 4))
+            await asyncio.to_thread(self.catalog.update_mirror_state, ref,
+                                    next_run_at=min(state["next_run_at"], retry))
         try:
             try:
                 wanted = await self.syncer.resolve_revisions(spec)
@@ -162,19 +184,28 @@ class MirrorService:
                                         last_check_at=now)
                 await self.syncer.sync(spec, trigger=trigger)
                 state["last_sync_at"] = utcnow()
+                result = "synced"
                 if self.on_change:
                     self.on_change(ref)
             state["last_error"] = None
         except SyncBusy:
+            result = "busy"
             state.pop("next_run_at")
             state["next_run_at"] = utcnow() + timedelta(seconds=self.tick_seconds * 2)
         except HubMirrorError as e:
             log.warning("mirror %s: %s", ref, e.message)
+            if getattr(e, "sync_result", None) is None:  # failed in the check (the sync tells its own)
+                await asyncio.to_thread(self.catalog.emit_sync_failed, ref, e, trigger)
+            result = "failed"
             state.update(last_error=e.message, last_error_at=utcnow())
         except Exception as e:  # keep the scheduler alive, say what happened
             log.exception("mirror %s failed", ref)
+            await asyncio.to_thread(self.catalog.emit_sync_failed, ref, e, trigger)
+            result = "failed"
             state.update(last_error=f"{e.__class__.__name__}: {e}", last_error_at=utcnow())
         await asyncio.to_thread(self.catalog.update_mirror_state, ref, **state)
+        if self.on_checked is not None:
+            self.on_checked(ref, result, time.monotonic() - t0)
 
 
 def describe(m: MirrorRow, mirrored: dict[str, str]) -> dict[str, Any]:
