@@ -249,6 +249,9 @@ repos = ["other-org/*"]
         (st,) = json.loads(status(data, cfg, "--json"))
         assert [(h["hook"], h["commit"], h["result"]) for h in st["hooks"]] == [("inspect", c2, "ok")]
         assert sorted(os.listdir(out)) == sorted([f"{c1}.json", f"{c2}.json"])  # "elsewhere" never ran
+        # and the repo's page in the web UI shows both results
+        page = raw(s.url, "GET", "/-/models/acme/hooked").body.decode()
+        assert page.count('class="hook-run"') == 2 and c2[:12] in page and "(exit 0)" in page, page[-3000:]
     finally:
         s.stop()
 

@@ -194,7 +194,7 @@ class Pages:
             if isinstance(d, dict) and by_name.get(str(d.get("tag"))) != d.get("upstream"):
                 repointed[str(d.get("tag"))] = d  # the newest event of each tag still kept at ours
         out.update(mirror=mirror, state=state, unmirrored=unmirrored, repointed=repointed,
-                   marks=repo_marks(cat, row), runs=cat.runs(row.ref, 20))
+                   marks=repo_marks(cat, row), runs=cat.runs(row.ref, 20), hooks=cat.hook_runs(row.ref, 20))
         if revision is None:
             out.update(commit=None, files=None, card=None, lock_preview=None)
             return out
