@@ -121,67 +121,12 @@ def mirror_list(ctx: click.Context, data: Path | None, as_json: bool) -> None:
 def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path | None, as_json: bool) -> None:
     """Each mirror: mirrored vs upstream commit, last and next sync, last error; with REPO_ID, its sync history."""
     from ..app import open_services
-    from ..errors import NotFound
-    from ..sync.service import describe
+    from ..ops.notify import delivery_summary
+    from ..ops.status import repo_status
 
     services = open_services(_settings(ctx, data=data))
     cat = services.catalog
-    rows = cat.list_mirrors()
-    if repo_id:
-        ref = RepoRef.parse(repo_id, repo_type)
-        rows = [m for m in rows if m.spec.ref == ref]
-        if not rows and cat.get_repo(ref) is None and not cat.runs(ref, limit=1):
-            raise NotFound(f"{ref} is neither a declared mirror nor a mirrored repo, and was never synced")
-    out = []
-    gone = cat.gone()
-
-    def last_run(ref: RepoRef) -> dict[str, Any] | None:
-        """The newest sync of the repo, whoever started it (the scheduler, the CLI, a lock, the API)."""
-        runs = cat.runs(ref, limit=1)
-        if not runs:
-            return None
-        r = runs[0]
-        return {"trigger": r["trigger"], "status": r["status"], "started_at": _iso(r["started_at"]),
-                "error": r["error"]}
-
-    for m in rows:
-        repo = cat.get_repo(m.spec.ref)
-        d = describe(m, cat.refs(repo) if repo else {})
-        if repo is not None and repo.pk in gone:
-            d["gone_upstream_since"] = gone[repo.pk][0].isoformat() + "Z"
-        d["tags_repointed_upstream"] = [ev["detail"] for ev in cat.audit_events(m.spec.ref, "tag-repointed-upstream")]
-        d["last_run"] = last_run(m.spec.ref)
-        if repo_id:
-            d["history"] = cat.runs(m.spec.ref)
-        out.append(d)
-    declared = {m.spec.ref for m in rows}
-    others = [r for r in cat.list_repos() if r.ref not in declared] if not repo_id else []
-    if repo_id and not rows:
-        ref = RepoRef.parse(repo_id, repo_type)
-        repo = cat.get_repo(ref)
-        if repo is None:  # only failed syncs so far
-            out.append({"repo_id": ref.repo_id, "repo_type": ref.repo_type.value, "declared": False,
-                        "kind": "never mirrored", "private": False, "refs": {}, "last_run": last_run(ref),
-                        "history": cat.runs(ref)})
-        others = [repo] if repo is not None else []
-    proxied = 0
-    for repo in others:
-        if repo.origin == "proxy" and not repo_id:
-            proxied += 1  # counted, not listed: a busy mirror pulls through thousands
-            continue
-        d = {"repo_id": repo.ref.repo_id, "repo_type": repo.ref.repo_type.value, "declared": False,
-             "kind": {"local": "hosted", "mirror": "synced", "proxy": "pulled through"}.get(repo.origin, repo.origin),
-             "private": repo.private, "refs": dict(sorted(cat.refs(repo).items())),
-             "last_run": last_run(repo.ref)}
-        if repo.pk in gone:
-            d["gone_upstream_since"] = gone[repo.pk][0].isoformat() + "Z"
-        if repo_id:
-            d["history"] = cat.runs(repo.ref)
-        out.append(d)
-    from ..ops.notify import delivery_summary, hook_results
-
-    for d in out:  # post-sync hooks ([[hooks]]): the newest result of each; with REPO_ID the last 20 runs
-        d["hooks"] = hook_results(cat, RepoRef.parse(d["repo_id"], d["repo_type"]), latest_only=not repo_id)
+    out, proxied = repo_status(cat, RepoRef.parse(repo_id, repo_type) if repo_id else None)
     if as_json:
         click.echo(json.dumps(out, default=str))
         return
@@ -225,10 +170,6 @@ def status(ctx: click.Context, repo_id: str | None, repo_type: str, data: Path |
     if sent:
         click.echo("webhooks in the last 24 h: " + ", ".join(f"{n} {k}" for k, n in sorted(sent.items()))
                    + " (hubmirror notify log)")
-
-
-def _iso(t: Any) -> str | None:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t is not None else None
 
 
 def _echo_last_run(d: dict[str, Any]) -> None:
