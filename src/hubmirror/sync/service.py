@@ -158,7 +158,7 @@ class MirrorService:
                 return
             # at once: a scheduler taking over meanwhile finds it fired; a retry soon, not a whole
             # interval later, if this process dies before it ends (the end sets the real next run)
-            retry = now + timedelta(seconds=max(60.0, self.lease_ttl * 4))
+            retry = now + timedelta(seconds=max(self.lease_ttl * 2, self.tick_seconds * 2))
             await asyncio.to_thread(self.catalog.update_mirror_state, ref,
                                     next_run_at=min(state["next_run_at"], retry))
         try:
