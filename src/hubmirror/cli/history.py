@@ -254,6 +254,13 @@ def import_bundle(ctx: click.Context, file: Path, data: Path | None, max_bytes: 
         except ValidationError:
             raise InvalidInput(f"invalid {flag} {value!r}: expected a size such as 500GiB") from None
 
+    import signal
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        bundle.INTERRUPTED.set()  # the reader raises it again if this one is lost
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
     bar = _bar("import", as_json)
     try:
         byte_limit = None if max_bytes is None else size("--max-bytes", max_bytes)

@@ -43,6 +43,7 @@ import lzma
 import os
 import re
 import tarfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -299,6 +300,8 @@ class _Expanded(io.RawIOBase):
 
     def _read(self, view: memoryview) -> int:
         assert self._src is not None
+        if INTERRUPTED.is_set():  # Ctrl-C whose KeyboardInterrupt was lost (raised in a GC callback)
+            raise KeyboardInterrupt
         try:
             return self._src.readinto(view)
         except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
@@ -310,6 +313,11 @@ class _Expanded(io.RawIOBase):
                 f.close()
         finally:
             super().close()
+
+
+# Set by the CLI's SIGINT handler: a KeyboardInterrupt that lands in a weakref or __del__ callback
+# is printed and dropped by Python, and the import would go on reading a pipe that never ends.
+INTERRUPTED = threading.Event()
 
 
 def _end(member: tarfile.TarInfo) -> int:
