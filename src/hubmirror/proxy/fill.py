@@ -211,8 +211,9 @@ class Filler:
             return TAINTED
         fill = self._fills.get(key)  # another request may have started it meanwhile
         if fill is not None:
+            joined = fill.join() if fill.error is None else TAINTED  # before the next await
             await asyncio.to_thread(self._discard, writer, fd, lease)
-            return fill.join() if fill.error is None else TAINTED
+            return joined
         fill = self._new_fill(key, entry.size, fd, writer.spool_name or "")
         fill.wanted = wanted
         fill.lease = lease
@@ -251,10 +252,10 @@ class Filler:
         fill = self._fills.get(key)  # (started here meanwhile)
         if fill is not None or self.taints(entry, start):
             os.close(fd)
+            # joined before the next await: a fill closes its descriptor when it ends
+            joined = TAINTED if fill is None or fill.error is not None else fill.join()
             await asyncio.to_thread(interest.release)
-            if fill is not None:
-                return fill.join() if fill.error is None else TAINTED
-            return TAINTED
+            return joined
         fill = self._new_fill(key, entry.size, fd, remote.info or "")
         fill.follower = True
         self._fills[key] = fill
