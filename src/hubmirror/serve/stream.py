@@ -450,7 +450,7 @@ async def _send_chunk(request: web.Request, resp: web.StreamResponse, loop: asyn
         raise ConnectionResetError("the client stopped reading") from None
 
 
-SENT_DIRECT = "hubmirror.sent_direct"  # bytes sent with sendfile(2), which aiohttp's count misses
+SENT_DIRECT = web.RequestKey("sent_direct", int)  # bytes sent with sendfile(2), which aiohttp's count misses
 
 
 def sent_direct(request: web.Request, n: int) -> None:
