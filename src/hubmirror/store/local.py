@@ -20,14 +20,12 @@ import ctypes
 import errno
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreError
 from . import spool
 from .base import BlobInfo, BlobStore, BlobWriter, check_sha256
-from .spool import Hasher as _Hasher
 from .spool import os_error as _os_error
 
 _AT_FDCWD = -100
@@ -73,51 +71,10 @@ def _publish(src: Path, dst: Path) -> bool:
     return True
 
 
-class _LocalWriter(BlobWriter):
+class _LocalWriter(spool.SpoolWriter):
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
-        # locked until commit/cancel so that sweep() in another process leaves a live write alone
-        self._tmp, self._fh = spool.create(store.tmp_dir)
-        self._error: BaseException | None = None  # the first failure, raised again by later writes
-        self._hash = _Hasher()
-        self._size = 0
-        self._done = False
-        # commit (often on a worker thread) and cancel (on shutdown, from another) exclude each
-        # other: a cancel during a commit waits for it, then has nothing left to do
-        self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """The digest of everything written; no more writes are accepted after asking."""
-        return self._hash.hexdigest()
-
-    def spool_fd(self) -> int | None:
-        return os.open(self._tmp, os.O_RDONLY)
-
-    @property
-    def spool_name(self) -> str | None:
-        return self._tmp.name
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._done:
-            raise StoreError("write after commit or cancel")
-        view = memoryview(data)
-        try:
-            while view:
-                n = self._fh.write(view)
-                view = view[n:]
-        except OSError as e:
-            self._error = _os_error(e, "write a blob")
-            self.cancel()  # closes and unlinks at once: the space is returned now
-            raise self._error from e
-        self._hash.update(bytes(data))
-        self._size += len(data)
+        super().__init__(store.tmp_dir)
 
     def commit(self, sha256: str, size: int) -> BlobInfo:
         with self._lock:
@@ -139,8 +96,8 @@ class _LocalWriter(BlobWriter):
             self._fh.close()
             final = self._store._path(sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(self._tmp, 0o444)
-            created = _publish(self._tmp, final)  # only if absent: whoever created it knows it did
+            os.chmod(self._path, 0o444)
+            created = _publish(self._path, final)  # only if absent: whoever created it knows it did
             _fsync_dir(final.parent)
         except OSError as e:
             self._cancel()
@@ -161,7 +118,7 @@ class _LocalWriter(BlobWriter):
             self._fh.close()
         finally:
             try:
-                self._tmp.unlink()
+                self._path.unlink()
             except FileNotFoundError:
                 pass
 

@@ -25,8 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import DigestMismatch, SizeMismatch, StoreError
 from . import spool
-from .base import BlobInfo, BlobWriter, check_sha256
-from .spool import Hasher, os_error
+from .base import BlobInfo, check_sha256
 
 if TYPE_CHECKING:
     from .s3 import S3BlobStore
@@ -232,55 +231,20 @@ class _Upload:
                         self.id, self._store.bucket, self.key, describe(e))
 
 
-class S3Writer(BlobWriter):
+class S3Writer(spool.SpoolWriter):
     """A write to the S3 store; see the module docstring."""
+
+    _doing = "spool a blob"
 
     def __init__(self, store: S3BlobStore, expected: str | None) -> None:
         self._store = store
         self._expected = expected
-        # locked until commit/cancel so that sweep() in another process leaves a live write alone
-        self._path, self._fh = spool.create(store.spool_dir)
+        super().__init__(store.spool_dir)
         self._rfd = os.open(self._path, os.O_RDONLY)  # parts are read through it (each a duplicate)
-        self._hash = Hasher()
-        self._size = 0
         self._sent = 0  # bytes handed to the upload as parts
         self._upload: _Upload | None = None
-        self._error: BaseException | None = None  # the first failure, raised again by later writes
-        self._done = False
-        self._lock = threading.Lock()  # commit (a worker thread) and cancel (shutdown) exclude each other
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """The digest of everything written; no more writes are accepted after asking."""
-        return self._hash.hexdigest()
-
-    def spool_fd(self) -> int | None:
-        return os.open(self._path, os.O_RDONLY)
-
-    @property
-    def spool_name(self) -> str | None:
-        return self._path.name
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._done:
-            raise StoreError("write after commit or cancel")
-        view = memoryview(data)
-        try:
-            while view:
-                n = self._fh.write(view)
-                view = view[n:]
-        except OSError as e:
-            self._error = os_error(e, "spool a blob")
-            self.cancel()
-            raise self._error from e
-        self._hash.update(bytes(data))
-        self._size += len(data)
+    def _written(self) -> None:
         if self._expected is not None:
             self._stream_parts()
 

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from ..coord.local import claim_fd
 from ..errors import InsufficientStorage, StoreError
+from .base import BlobWriter
 
 SUFFIX = ".partial"
 
@@ -118,3 +119,59 @@ def sweep(folder: Path) -> int:
         except (FileNotFoundError, IsADirectoryError):
             pass
     return n
+
+
+class SpoolWriter(BlobWriter):
+    """What every store's writer shares: a new spool file in `folder`, held (flock) until commit or
+    cancel so that a sweep in another process leaves a live write alone, hashed as it is written.
+    A failed write records its error (raised again by later writes) and cancels at once, so the
+    space comes back now. Subclasses add `commit` and `cancel`, and `_written` to act on bytes."""
+
+    _doing = "write a blob"  # for a write error's message
+
+    def __init__(self, folder: Path) -> None:
+        self._path, self._fh = create(folder)
+        self._hash = Hasher()
+        self._size = 0
+        self._error: BaseException | None = None  # the first failure, raised again by later writes
+        self._done = False
+        # commit (often on a worker thread) and cancel (on shutdown, from another) exclude each
+        # other: a cancel during a commit waits for it, then has nothing left to do
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        """The digest of everything written; no more writes are accepted after asking."""
+        return self._hash.hexdigest()
+
+    def spool_fd(self) -> int | None:
+        return os.open(self._path, os.O_RDONLY)
+
+    @property
+    def spool_name(self) -> str | None:
+        return self._path.name
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            raise StoreError("write after commit or cancel")
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._fh.write(view)
+                view = view[n:]
+        except OSError as e:
+            self._error = os_error(e, self._doing)
+            self.cancel()  # closes and unlinks at once: the space is returned now
+            raise self._error from e
+        self._hash.update(bytes(data))
+        self._size += len(data)
+        self._written()
+
+    def _written(self) -> None:
+        """After each write (the S3 writer hands full parts to its upload)."""
