@@ -134,10 +134,12 @@ class Fill:
             return h.copy().hexdigest()
 
         try:
-            while not self.bytes_ok and not self.done.is_set() and self.journal_id is not None:
+            while not self.bytes_ok and not self.done.is_set() and self.error is None and self.journal_id is not None:
                 target = self.written
                 if target > self.checkpointed and self._checkpoint is not None:
                     digest = await asyncio.to_thread(extend, target)
+                    if self.error is not None:  # failed meanwhile: its own record of what it sent stands
+                        break
                     await asyncio.to_thread(self._checkpoint, self.journal_id, target, digest)
                     self.checkpointed = target
                     await self.changed()
